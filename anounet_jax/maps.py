@@ -1,0 +1,205 @@
+"""Anomaly heatmaps and the pictures made from them: residual maps, smoothing, overlays, panels.
+
+Arrays follow the package conventions: images float32 NHWC in [0, 1], masks bool (N, H, W),
+heatmaps float32 (N, H, W). Everything here is NumPy (jax arrays are accepted and copied to host):
+these functions run once per evaluation, after the jitted fitting is done.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from anounet_jax.errors import AnoUnetError
+
+__all__ = ["residual_map", "smooth", "overlay", "panel", "save_panel"]
+
+
+# ----------------------------------------------------------------------------- heatmaps
+
+
+def residual_map(x, recon) -> np.ndarray:
+    """Per-pixel anomaly map: mean over channels of |x - recon|, float32 (N, H, W).
+
+    The original Ano-Unet draws |x - G(x)| per pixel; averaging the absolute residual over the
+    colour channels keeps the map in [0, 1] for images in [0, 1] and treats a defect visible in one
+    channel like a fainter one visible in all three (a max over channels would favour colour
+    noise). x and recon are (N, H, W, C) of the same shape; (H, W, C) gives (H, W).
+    """
+    a = np.asarray(x, dtype=np.float32)
+    b = np.asarray(recon, dtype=np.float32)
+    if a.shape != b.shape:
+        raise AnoUnetError(f"reconstruction {b.shape} does not match images {a.shape}")
+    if a.ndim not in (3, 4):
+        raise AnoUnetError(f"images must be (N, H, W, C) or (H, W, C), got {a.shape}")
+    return np.abs(a - b).mean(axis=-1, dtype=np.float32)
+
+
+def smooth(maps, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of each map over H and W only (never across maps), float32.
+
+    `scipy.ndimage.gaussian_filter` with standard deviation `sigma` pixels, borders reflected
+    (mode "reflect"), kernel truncated at 4 sigma. The filter is normalized, so the mean of a map
+    is preserved up to border effects. sigma = 0 returns an unchanged float32 copy. Accepts
+    (N, H, W) or a single (H, W) map.
+    """
+    m = np.asarray(maps, dtype=np.float32)
+    if m.ndim not in (2, 3):
+        raise AnoUnetError(f"maps must be (N, H, W) or (H, W), got {m.shape}")
+    s = float(sigma)
+    if not s >= 0.0:  # also catches NaN
+        raise AnoUnetError(f"smoothing sigma must be >= 0, got {sigma!r}")
+    if s == 0.0:
+        return m.copy()
+    sig = (s, s) if m.ndim == 2 else (0.0, s, s)
+    return ndimage.gaussian_filter(m, sigma=sig, mode="reflect", output=np.float32)
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def _to_float_rgb(image, what: str = "image") -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1] from uint8 / float / bool, RGB or grey ((H, W) or (H, W, 1))."""
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        raise AnoUnetError(f"{what} must be (H, W, 3), (H, W, 1) or (H, W), got {np.shape(image)}")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype == bool:
+        return a.astype(np.float32)
+    return np.clip(np.nan_to_num(a.astype(np.float32)), 0.0, 1.0)
+
+
+def overlay(image, heat, vmin=None, vmax=None, alpha: float = 0.5) -> np.ndarray:
+    """Jet-coloured heatmap blended over an image; uint8 (H, W, 3).
+
+    Normalization: heat is mapped linearly from [vmin, vmax] to [0, 1] and clipped, then coloured
+    with matplotlib's "jet" (blue = low, dark red = high). By default vmax is this map's own
+    maximum and vmin is min(0, this map's minimum), so each picture spans the full colour range
+    (good for locating a defect, but two pictures are not comparable). Pass a fixed vmax (e.g. a
+    high percentile of all maps of a set) to make the colours of a set comparable. If vmax <= vmin
+    the whole map is drawn at the low end (blue). NaN heat pixels get no colour (image only).
+
+    out = (1 - alpha) * image + alpha * jet(normalized heat), image as float in [0, 1] (uint8,
+    grey (H, W) and (H, W, 1) images are accepted).
+    """
+    img = _to_float_rgb(image)
+    h = np.asarray(heat, dtype=np.float32)
+    if h.shape != img.shape[:2]:
+        raise AnoUnetError(f"heatmap {h.shape} does not match image {img.shape[:2]}")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise AnoUnetError(f"alpha must be in [0, 1], got {alpha!r}")
+    finite = np.isfinite(h)
+    vals = h[finite]
+    if vmax is None:
+        vmax = float(vals.max()) if vals.size else 1.0
+    if vmin is None:
+        vmin = min(0.0, float(vals.min())) if vals.size else 0.0
+    span = float(vmax) - float(vmin)
+    if span > 0:
+        norm = np.clip((np.nan_to_num(h, nan=vmin) - vmin) / span, 0.0, 1.0)
+    else:
+        norm = np.zeros_like(h)
+    color = matplotlib.colormaps["jet"](norm)[..., :3].astype(np.float32)
+    a = np.where(np.isnan(h), 0.0, float(alpha))[..., None]
+    out = (1.0 - a) * img + a * color
+    return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _tile_uint8(content, title: str) -> np.ndarray:
+    """uint8 (H, W, 3) from an RGB/grey image (uint8 or float in [0, 1]) or a bool mask."""
+    a = np.asarray(content)
+    if a.dtype == bool:  # mask: white on black
+        if a.ndim == 3 and a.shape[-1] == 1:
+            a = a[..., 0]
+        if a.ndim != 2:
+            raise AnoUnetError(f"panel column {title!r}: a mask must be (H, W), got {a.shape}")
+        return np.repeat((a.astype(np.uint8) * 255)[..., None], 3, axis=-1)
+    if a.dtype == np.uint8 and a.ndim == 3 and a.shape[-1] == 3:
+        return a
+    f = _to_float_rgb(a, what=f"panel column {title!r}")
+    return np.round(f * 255.0).astype(np.uint8)
+
+
+def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def panel(
+    columns: Sequence[tuple[str, object]],
+    scale: int | None = None,
+    gap: int = 4,
+) -> Image.Image:
+    """A row of tiles, each with a small title above it; returns an RGB `PIL.Image`.
+
+    columns: (title, content) pairs; content is an RGB or grey image (uint8, or float in [0, 1]),
+    e.g. an `overlay`, or a bool mask (drawn white on black). Tiles are enlarged by an integer
+    factor with NEAREST resampling so single pixels stay visible; `scale=None` picks the factor
+    that brings the largest tile side closest to 192 px (3 for 64x64 tiles, 2 for 96x96). Titles
+    use Pillow's default font, black on white, cut with "..." when wider than the tile; tiles of
+    different sizes are top-aligned. `gap` is the white margin in px around and between tiles.
+
+    The demo writes `image | reconstruction | heatmap overlay | true mask`; the evaluate command
+    `image | true mask | method A overlay | method B overlay ...`.
+    """
+    if not columns:
+        raise AnoUnetError("a panel needs at least one column")
+    tiles = [(str(title), _tile_uint8(content, str(title))) for title, content in columns]
+    side = max(max(t.shape[:2]) for _, t in tiles)
+    if scale is None:
+        scale = max(1, round(192 / side))
+    scale = int(scale)
+    if scale < 1:
+        raise AnoUnetError(f"panel scale must be >= 1, got {scale}")
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    title_h = probe.textbbox((0, 0), "Hg", font=font)[3] + 3  # text height with descenders
+    sizes = [(t.shape[1] * scale, t.shape[0] * scale) for _, t in tiles]
+    width = gap + sum(w + gap for w, _ in sizes)
+    height = gap + title_h + max(h for _, h in sizes) + gap
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = gap
+    for (title, tile), (w, h) in zip(tiles, sizes):
+        img = Image.fromarray(tile).resize((w, h), Image.Resampling.NEAREST)
+        canvas.paste(img, (x, gap + title_h))
+        draw.text((x, gap), _fit_text(draw, title, font, w), fill=(0, 0, 0), font=font)
+        x += w + gap
+    return canvas
+
+
+def save_panel(
+    path: str | os.PathLike,
+    columns: Sequence[tuple[str, object]],
+    scale: int | None = None,
+    gap: int = 4,
+) -> str:
+    """Write `panel(columns, scale, gap)` to `path` (format from the suffix; PNG when there is none).
+
+    Parent folders are created. Returns the path written. Raises AnoUnetError (with the path) when
+    the file cannot be written.
+    """
+    img = panel(columns, scale=scale, gap=gap)
+    p = os.fspath(path)
+    fmt = None if os.path.splitext(p)[1] else "PNG"
+    try:
+        parent = os.path.dirname(p)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        img.save(p, format=fmt)
+    except (OSError, ValueError) as e:
+        raise AnoUnetError(f"cannot write panel: {e}", path=p) from e
+    return p
