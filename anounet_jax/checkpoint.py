@@ -1,0 +1,250 @@
+"""One checkpoint = everything the per-image stage needs from the f-Net stage, saved with orbax.
+
+On disk (an orbax composite checkpoint, one directory):
+
+    <path>/arrays   StandardSave: {"fnet": {"params", "batch_stats"}, "center": C (D,),
+                                   "scorer": the scorer's array entries (see fnet/scores.py)}
+    <path>/meta     JsonSave: {"format_version", "preset" (Preset.to_dict()), "scorer" (its numbers
+                                and strings), "fingerprint"}
+
+No pickle anywhere: arrays go through orbax/tensorstore, everything else is JSON.
+
+Fingerprint. `fingerprint(...)` is a SHA-256 over every array (its tree path, dtype, shape and bytes)
+of the f-Net variables, C and the scorer state, plus the scorer's JSON scalars. It identifies the
+*content* (two saves of the same trained f-Net give the same fingerprint wherever they live), so a
+resumable job can store it next to its outputs and compare with `read_checkpoint_info(path)` (which
+reads only the small JSON part) before reusing them. `load_checkpoint` recomputes it and refuses a
+checkpoint whose arrays do not match it (corruption).
+
+Preset check. `load_checkpoint(path, expected_preset)` compares the preset name and the fields that
+decide the checkpoint's content, `MODEL_FIELDS`: image size, every f-Net field (architecture *and*
+training), and the data fields that choose the f-Net's training images. The U-Net and per-image fit
+sections are not compared: the same f-Net serves any fit settings.
+
+Overwrite. `save_checkpoint` refuses an existing path unless `overwrite=True`. With overwrite, the new
+checkpoint is first written completely beside the old one and then swapped in by renames, so a crash
+mid-save leaves the old checkpoint (or, in the instant between the two renames, `<path>.old-*`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import numpy as np
+
+from anounet_jax.config import Preset
+from anounet_jax.errors import AnoUnetError
+from anounet_jax.fnet.model import FrozenFNet, build_fnet_module
+from anounet_jax.fnet.scores import DistanceScorer, LOFScorer, scorer_from_state
+
+FORMAT_VERSION = 1
+# Preset fields that must agree between a checkpoint and the preset a run expects ("fnet" = all of it).
+MODEL_FIELDS = ("name", "image_size", "fnet", "data.category", "data.n_train", "data.n_reference_per_class")
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    preset: Preset
+    fnet: FrozenFNet  # rebuilt with build_fnet_module(preset.fnet)
+    center: np.ndarray  # C, float32 (D,)
+    scorer: LOFScorer | DistanceScorer
+    fingerprint: str
+    path: str
+
+
+def _ocp():
+    import orbax.checkpoint as ocp  # imported lazily: it pulls in tensorstore
+
+    return ocp
+
+
+def _checkpointer():
+    ocp = _ocp()
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+
+def _to_numpy_tree(tree):
+    if isinstance(tree, flax.core.FrozenDict):
+        tree = flax.core.unfreeze(tree)
+    return jax.tree.map(lambda a: np.asarray(jax.device_get(a)), tree)
+
+
+def _split_scorer_state(state: dict) -> tuple[dict, dict]:
+    arrays = {k: np.asarray(v) for k, v in state.items() if isinstance(v, np.ndarray)}
+    scalars = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
+    return arrays, scalars
+
+
+def _digest(arrays: dict, scorer_scalars: dict) -> str:
+    h = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(arrays)[0]
+    for key_path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(key_path)}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    h.update(json.dumps(scorer_scalars, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _array_tree(fnet_variables, center, scorer) -> tuple[dict, dict]:
+    if isinstance(fnet_variables, FrozenFNet):
+        fnet_variables = fnet_variables.variables
+    scorer_arrays, scorer_scalars = _split_scorer_state(scorer.state_dict())
+    arrays = {"fnet": _to_numpy_tree(fnet_variables),
+              "center": np.asarray(center, np.float32).reshape(-1),
+              "scorer": scorer_arrays}
+    return arrays, scorer_scalars
+
+
+def fingerprint(fnet_variables, center, scorer) -> str:
+    """The content fingerprint `save_checkpoint` would store for these values (hex SHA-256)."""
+    return _digest(*_array_tree(fnet_variables, center, scorer))
+
+
+def _check_variables(preset: Preset, variables: dict):
+    """The variables must be those of build_fnet_module(preset.fnet): same tree, same shapes."""
+    module = build_fnet_module(preset.fnet)
+    x = jax.ShapeDtypeStruct((1, preset.image_size, preset.image_size, 3), np.float32)
+    expected = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False), x)
+    expected = {k: v for k, v in flax.core.unfreeze(expected).items() if k in ("params", "batch_stats")}
+    got_shapes = jax.tree.map(np.shape, variables)
+    want_shapes = jax.tree.map(lambda s: tuple(s.shape), expected)
+    got_flat = {jax.tree_util.keystr(k): v for k, v in
+                jax.tree_util.tree_flatten_with_path(got_shapes, is_leaf=lambda t: isinstance(t, tuple))[0]}
+    want_flat = {jax.tree_util.keystr(k): v for k, v in
+                 jax.tree_util.tree_flatten_with_path(want_shapes, is_leaf=lambda t: isinstance(t, tuple))[0]}
+    if got_flat != want_flat:
+        missing = sorted(set(want_flat) - set(got_flat))
+        extra = sorted(set(got_flat) - set(want_flat))
+        shape = sorted(k for k in set(got_flat) & set(want_flat) if got_flat[k] != want_flat[k])
+        raise AnoUnetError(
+            f"f-Net variables do not match the preset's f-Net ({preset.fnet.arch}): "
+            f"missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {shape[:3]}")
+
+
+def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwrite: bool = False) -> str:
+    """Save f-Net variables (or a FrozenFNet), C, a fitted scorer and the preset as one checkpoint.
+
+    Returns the content fingerprint. An existing `path` is an error unless overwrite=True (then it is
+    replaced only once the new checkpoint is complete; see the module docstring).
+    """
+    path = Path(path).absolute()
+    if path.exists() and not overwrite:
+        raise AnoUnetError("a checkpoint (or file) already exists here; pass overwrite=True to replace it",
+                           path)
+    arrays, scorer_scalars = _array_tree(fnet_variables, center, scorer)
+    _check_variables(preset, arrays["fnet"])
+    digest = _digest(arrays, scorer_scalars)
+    meta = {"format_version": FORMAT_VERSION, "preset": preset.to_dict(), "scorer": scorer_scalars,
+            "fingerprint": digest}
+    ocp = _ocp()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f"{path.name}.old-{os.getpid()}")
+    try:
+        with _checkpointer() as ckptr:
+            ckptr.save(tmp, ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
+                                               meta=ocp.args.JsonSave(meta)), force=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise AnoUnetError(f"could not write the checkpoint: {e}", path) from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        elif old.exists():
+            old.unlink()
+    return digest
+
+
+def _brief(e: Exception, limit: int = 300) -> str:
+    text = f"{type(e).__name__}: {e}"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def read_checkpoint_info(path) -> dict:
+    """The JSON part only (cheap): {"format_version", "preset" (a dict), "scorer", "fingerprint"}."""
+    path = Path(path).absolute()
+    if not path.is_dir():
+        raise AnoUnetError("no checkpoint here (missing, or not a directory)", path)
+    ocp = _ocp()
+    try:
+        with _checkpointer() as ckptr:
+            meta = ckptr.restore(path, ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # orbax raises FileNotFoundError, KeyError, JSONDecodeError, ValueError...
+        raise AnoUnetError(f"not a readable anounet checkpoint ({_brief(e)})", path) from e
+    if not isinstance(meta, dict) or not {"format_version", "preset", "scorer", "fingerprint"} <= set(meta):
+        raise AnoUnetError("checkpoint metadata is incomplete", path)
+    if meta["format_version"] != FORMAT_VERSION:
+        raise AnoUnetError(f"checkpoint format version {meta['format_version']} is not supported "
+                           f"(this version reads {FORMAT_VERSION})", path)
+    return meta
+
+
+def _field(d: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+def preset_mismatches(stored: Preset, expected: Preset) -> list[str]:
+    """["fnet.lr: checkpoint 0.001, expected 0.003", ...] over MODEL_FIELDS (empty = compatible)."""
+    a, b = stored.to_dict(), expected.to_dict()
+    out = []
+    for field in MODEL_FIELDS:
+        va, vb = _field(a, field), _field(b, field)
+        if isinstance(va, dict):
+            out += [f"{field}.{k}: checkpoint {va[k]!r}, expected {vb[k]!r}" for k in va if va[k] != vb[k]]
+        elif va != vb:
+            out.append(f"{field}: checkpoint {va!r}, expected {vb!r}")
+    return out
+
+
+def load_checkpoint(path, expected_preset: Preset | None = None) -> Checkpoint:
+    """Restore a checkpoint written by `save_checkpoint`.
+
+    expected_preset: when given, its name and MODEL_FIELDS must equal the stored preset's, else an
+    AnoUnetError names the path and every mismatching field. Missing, unreadable or corrupt
+    checkpoints (arrays not matching the stored fingerprint) also raise AnoUnetError.
+    """
+    path = Path(path).absolute()
+    meta = read_checkpoint_info(path)
+    try:
+        preset = Preset.from_dict(meta["preset"])
+    except (KeyError, TypeError) as e:
+        raise AnoUnetError(f"checkpoint preset is malformed ({e})", path) from e
+    if expected_preset is not None:
+        bad = preset_mismatches(preset, expected_preset)
+        if bad:
+            raise AnoUnetError(f"checkpoint was made with preset {preset.name!r}, which differs from the "
+                               f"expected {expected_preset.name!r} in: " + "; ".join(bad), path)
+    ocp = _ocp()
+    try:
+        with _checkpointer() as ckptr:
+            arrays = ckptr.restore(path, ocp.args.Composite(arrays=ocp.args.StandardRestore()))["arrays"]
+    except Exception as e:
+        raise AnoUnetError(f"checkpoint arrays are unreadable ({_brief(e)})", path) from e
+    if not isinstance(arrays, dict) or not {"fnet", "center", "scorer"} <= set(arrays):
+        raise AnoUnetError("checkpoint arrays are incomplete", path)
+    arrays = _to_numpy_tree(arrays)
+    digest = _digest(arrays, meta["scorer"])
+    if digest != meta["fingerprint"]:
+        raise AnoUnetError("checkpoint is corrupt: its arrays do not match the stored fingerprint", path)
+    try:
+        scorer = scorer_from_state({**meta["scorer"], **arrays["scorer"]})
+    except AnoUnetError as e:
+        raise AnoUnetError(e.problem, path) from e
+    variables = jax.device_put(arrays["fnet"])
+    fnet = FrozenFNet.from_module(build_fnet_module(preset.fnet), variables)
+    return Checkpoint(preset=preset, fnet=fnet, center=np.asarray(arrays["center"], np.float32),
+                      scorer=scorer, fingerprint=digest, path=str(path))
