@@ -1,0 +1,124 @@
+"""Presets as frozen dataclasses: a preset is a value, not a file format.
+
+"paper" is the original notebook (96x96, 31M-parameter U-Net, MobileNetV2 alpha 0.5 f-Net, SGD 1e-3,
+beta 50, 150 steps). "small" is sized for a 2-core CPU, "tiny" for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from anounet_jax.errors import AnoUnetError
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    width: int = 64  # channels of the first level; doubles per level
+    depth: int = 4  # down-sampling levels (the bottleneck has width * 2**depth channels)
+    norm: str = "batch"  # "batch" (statistics of the image being fitted) | "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class FNetConfig:
+    arch: str = "mobilenet_v2"  # "mobilenet_v2" | "small_cnn"
+    alpha: float = 0.5  # MobileNetV2 width multiplier
+    small_cnn_width: int = 16  # only for arch="small_cnn"
+    method: str = "l2softmax"  # "l2softmax" | "doc"
+    alpha_l2: float = 5.0  # L2-constrained softmax feature scale
+    doc_lambda: float = 0.1  # DOC: weight of the compactness loss
+    lr: float = 1e-4
+    batch_size: int = 128
+    epochs: int = 30
+    augment: bool = True  # flips and 90-degree rotations
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    steps: int = 150
+    beta: float = 50.0
+    optimizer: str = "sgd"  # "sgd" (momentum) | "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    chunk_size: int = 8  # images fitted at once on one device
+    smoothing_sigma: float = 0.0  # Gaussian smoothing of the heatmaps (pixels); 0 = none
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    category: str = "brick"  # embedded default: "brick" | "grass"
+    n_train: int = 1000  # normal training patches
+    n_reference_per_class: int = 200
+    n_test_good: int = 20
+    n_test_defect: int = 40
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    name: str
+    image_size: int
+    unet: UNetConfig
+    fnet: FNetConfig
+    fit: FitConfig
+    data: DataConfig
+
+    def replace(self, **sections) -> "Preset":
+        """`preset.replace(fit={"beta": 10})` -> a new preset with some fields of a section changed."""
+        changes = {}
+        for key, value in sections.items():
+            current = getattr(self, key)
+            changes[key] = dataclasses.replace(current, **value) if isinstance(value, dict) else value
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "Preset":
+        return Preset(
+            name=d["name"],
+            image_size=d["image_size"],
+            unet=UNetConfig(**d["unet"]),
+            fnet=FNetConfig(**d["fnet"]),
+            fit=FitConfig(**d["fit"]),
+            data=DataConfig(**d["data"]),
+        )
+
+
+PAPER = Preset(
+    name="paper",
+    image_size=96,
+    unet=UNetConfig(width=64, depth=4, norm="batch"),
+    fnet=FNetConfig(arch="mobilenet_v2", alpha=0.5, method="l2softmax", alpha_l2=5.0, lr=1e-4,
+                    batch_size=128, epochs=30),
+    fit=FitConfig(steps=150, beta=50.0, optimizer="sgd", lr=1e-3, momentum=0.9, chunk_size=16),
+    data=DataConfig(n_train=5000, n_reference_per_class=400, n_test_good=50, n_test_defect=100),
+)
+
+SMALL = Preset(
+    name="small",
+    image_size=64,
+    unet=UNetConfig(width=16, depth=4, norm="batch"),
+    fnet=FNetConfig(arch="mobilenet_v2", alpha=0.5, method="l2softmax", alpha_l2=5.0, lr=1e-3,
+                    batch_size=64, epochs=4),
+    fit=FitConfig(steps=100, beta=10.0, optimizer="adam", lr=1e-2, chunk_size=16, smoothing_sigma=2.0),
+    data=DataConfig(n_train=800, n_reference_per_class=100, n_test_good=20, n_test_defect=40),
+)
+
+TINY = Preset(
+    name="tiny",
+    image_size=32,
+    unet=UNetConfig(width=4, depth=2, norm="batch"),
+    fnet=FNetConfig(arch="small_cnn", small_cnn_width=8, method="l2softmax", alpha_l2=5.0, lr=3e-3,
+                    batch_size=32, epochs=2),
+    fit=FitConfig(steps=30, beta=1.0, optimizer="adam", lr=1e-2, chunk_size=4, smoothing_sigma=1.0),
+    data=DataConfig(n_train=64, n_reference_per_class=16, n_test_good=4, n_test_defect=8),
+)
+
+PRESETS = {p.name: p for p in (PAPER, SMALL, TINY)}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise AnoUnetError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None

@@ -1,0 +1,146 @@
+"""f-Net training on normal + reference images: L2-constrained softmax or DOC, then frozen.
+
+L2-softmax (Ranjan et al. 2017): features f scaled to alpha_L2 * f / ||f|| per sample, then a dense
+softmax over the classes {normal, reference class 1..K}; cross-entropy.
+DOC (Perera & Patel 2019): descriptiveness = softmax cross-entropy on reference images, compactness =
+mean squared distance of each normal feature to the mean of the *other* normal features in its batch
+(scaled by n^2/(n-1)^2 as in the paper), loss = descriptiveness + lambda * compactness.
+The head is dropped after training; the engine gets a FrozenFNet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from anounet_jax.data.types import ImageSet
+from anounet_jax.errors import AnoUnetError
+from anounet_jax.fnet.model import FrozenFNet, build_fnet_module
+
+
+class Classifier(nn.Module):
+    """Feature network + the training head (dropped afterwards)."""
+
+    backbone: nn.Module
+    num_classes: int
+    alpha_l2: float | None  # None: plain logits (DOC); a float: L2-constrained softmax
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        f = self.backbone(x, train=train)
+        z = f
+        if self.alpha_l2 is not None:
+            z = self.alpha_l2 * f * jax.lax.rsqrt(jnp.sum(f * f, -1, keepdims=True) + 1e-12)
+        return f, nn.Dense(self.num_classes, name="head")(z)
+
+
+def augment(key, x):
+    """Random horizontal/vertical flips and (square images) 90-degree rotations, per image."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    n = x.shape[0]
+    flip_h = jax.random.bernoulli(k1, 0.5, (n, 1, 1, 1))
+    x = jnp.where(flip_h, x[:, :, ::-1], x)
+    flip_v = jax.random.bernoulli(k2, 0.5, (n, 1, 1, 1))
+    x = jnp.where(flip_v, x[:, ::-1], x)
+    if x.shape[1] == x.shape[2]:
+        rot = jax.random.bernoulli(k3, 0.5, (n, 1, 1, 1))
+        x = jnp.where(rot, jnp.swapaxes(x, 1, 2), x)
+    return x
+
+
+@dataclasses.dataclass
+class FNetTrainResult:
+    fnet: FrozenFNet
+    history: list[float]  # mean training loss per epoch
+    module: Any
+
+
+def train_fnet(cfg, normal: ImageSet, reference: ImageSet, seed: int = 0, progress: bool = True,
+               init_variables=None) -> FNetTrainResult:
+    """Train the f-Net named by `cfg` (an FNetConfig).
+
+    normal: the normal training images (class 0). reference: other images; `reference.labels` are their
+    class ids 0..K-1 (all one class if None). init_variables: optional pretrained backbone variables
+    (e.g. imported ImageNet weights) to start from.
+    """
+    if len(normal) == 0 or len(reference) == 0:
+        raise AnoUnetError("f-Net training needs normal and reference images")
+    ref_labels = np.zeros(len(reference), np.int32) if reference.labels is None else reference.labels
+    ref_labels = np.asarray(ref_labels, np.int32)
+    backbone = build_fnet_module(cfg)
+    doc = cfg.method == "doc"
+    if cfg.method not in ("l2softmax", "doc"):
+        raise AnoUnetError(f"unknown f-Net method {cfg.method!r}; use 'l2softmax' or 'doc'")
+    # L2-softmax: normal is class 0, references 1..K. DOC: the head classifies references only.
+    num_classes = int(ref_labels.max()) + (1 if doc else 2)
+    model = Classifier(backbone, num_classes, None if doc else cfg.alpha_l2)
+
+    key = jax.random.PRNGKey(seed)
+    key, init_key = jax.random.split(key)
+    variables = model.init(init_key, jnp.asarray(normal.images[:2]), train=False)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    if init_variables is not None:
+        params = {**params, "backbone": init_variables["params"]}
+        batch_stats = {**batch_stats, "backbone": init_variables.get("batch_stats", {})}
+    tx = optax.amsgrad(cfg.lr)
+    opt_state = tx.init(params)
+
+    def loss_fn(params, batch_stats, x, y, is_normal):
+        (f, logits), updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
+                                           train=True, mutable=["batch_stats"])
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        if not doc:
+            return jnp.mean(ce), updates["batch_stats"]
+        # DOC: descriptiveness on the reference rows, compactness on the normal rows of the batch.
+        ref = 1.0 - is_normal
+        desc = jnp.sum(ce * ref) / jnp.maximum(jnp.sum(ref), 1.0)
+        # (a batch with fewer than 2 normal rows has no "other normal features": compactness 0 there,
+        # not the distance of a lone normal feature to the origin)
+        n_normal = jnp.sum(is_normal)
+        n = jnp.maximum(n_normal, 2.0)
+        others = (jnp.sum(f * is_normal[:, None], 0, keepdims=True) - f) / (n - 1)
+        comp = jnp.sum(jnp.sum(jnp.square(f - others), -1) * is_normal) / n / f.shape[-1]
+        comp = jnp.where(n_normal >= 2, comp, 0.0)
+        return desc + cfg.doc_lambda * comp, updates["batch_stats"]
+
+    @jax.jit
+    def train_step(params, batch_stats, opt_state, key, x, y, is_normal):
+        if cfg.augment:
+            x = augment(key, x)
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch_stats, x, y, is_normal)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+    images = np.concatenate([normal.images, reference.images])
+    is_normal = np.concatenate([np.ones(len(normal)), np.zeros(len(reference))]).astype(np.float32)
+    labels = np.concatenate([np.zeros(len(normal), np.int32), ref_labels + (0 if doc else 1)])
+    bs = min(cfg.batch_size, len(images))
+    steps_per_epoch = max(len(images) // bs, 1)
+    rng = np.random.default_rng(seed)
+    history = []
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="f-Net", disable=not progress, unit="step")
+    for _ in range(cfg.epochs):
+        order = rng.permutation(len(images))
+        losses = []
+        for s in range(steps_per_epoch):
+            idx = order[s * bs:(s + 1) * bs]
+            key, sk = jax.random.split(key)
+            params, batch_stats, opt_state, loss = train_step(
+                params, batch_stats, opt_state, sk, images[idx], labels[idx], is_normal[idx])
+            losses.append(loss)
+            bar.update(1)
+        history.append(float(np.mean(jax.device_get(losses))))
+        bar.set_postfix(loss=f"{history[-1]:.3f}")
+    bar.close()
+    backbone_vars = {"params": params["backbone"]}
+    if batch_stats:
+        backbone_vars["batch_stats"] = batch_stats["backbone"]
+    return FNetTrainResult(FrozenFNet.from_module(backbone, backbone_vars), history, backbone)

@@ -1,0 +1,23 @@
+"""A small CNN feature extractor for tests and the tiny preset (same interface as MobileNetV2)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class SmallCNN(nn.Module):
+    """Three stride-2 (conv, BatchNorm, ReLU) stages, global average pool -> (N, features)."""
+
+    width: int = 16
+    features: int = 64
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x * 2.0 - 1.0
+        for i, mult in enumerate((1, 2, 4)):
+            x = nn.Conv(self.width * mult, (3, 3), strides=(2, 2), use_bias=False, name=f"conv{i}")(x)
+            x = nn.BatchNorm(use_running_average=not train, epsilon=1e-3, momentum=0.99, name=f"bn{i}")(x)
+            x = nn.relu(x)
+        x = nn.Dense(self.features, name="proj")(jnp.mean(x, (1, 2)))
+        return x

@@ -1,0 +1,151 @@
+"""The per-image generator G: the original's U-Net, with pluggable convolution arithmetic.
+
+Structure (paper preset): 4 levels of two (3x3 conv, BatchNorm, ReLU) with widths 64..512, a 1024-wide
+bottleneck, 2x2 max-pool down, 2x2 stride-2 transposed conv up, skip concatenation, 1x1 conv to 3
+channels, sigmoid.
+
+`conv_impl` chooses how convolutions are computed, not what they compute:
+  "lax"    -- lax.conv_general_dilated (the library conv path);
+  "matmul" -- 3x3 convs as im2col (nine shifted slices) times the kernel. Under `jax.vmap` over
+              per-image parameters this becomes a batched matmul instead of a grouped convolution,
+              which XLA:CPU runs far faster (see DESIGN.md).
+Both give the same numbers up to float rounding (tested).
+
+BatchNorm: G only ever sees the one image it is fitted to (batch 1, as in the original), so it
+normalizes with that image's own statistics over H and W, in training and when the final
+reconstruction is drawn. (Keras would draw it with moving averages that after 150 steps at momentum
+0.99 have moved only 78% of the way from their initial values; we do not copy that.) Under vmap each
+image keeps its own statistics, so images never mix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from anounet_jax.errors import AnoUnetError
+
+BN_EPSILON = 1e-3  # Keras BatchNormalization default
+
+
+def im2col_3x3(x):
+    """(N,H,W,C) -> (N,H,W,9C) 'same'-padded 3x3 patches, ordered (dy, dx, c) like an HWIO kernel."""
+    h, w = x.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return jnp.concatenate([xp[:, dy:dy + h, dx:dx + w, :] for dy in range(3) for dx in range(3)], -1)
+
+
+class Conv3x3(nn.Module):
+    features: int
+    conv_impl: str = "lax"
+    dtype: Any = jnp.float32  # compute dtype; parameters stay float32
+
+    @nn.compact
+    def __call__(self, x):
+        cin = x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.he_normal(), (3, 3, cin, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if self.conv_impl == "matmul":
+            y = im2col_3x3(x) @ kernel.reshape(9 * cin, self.features)
+        else:
+            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + bias.astype(self.dtype)
+
+
+class UpConv2x2(nn.Module):
+    """2x2 stride-2 transposed convolution: every input pixel writes its own 2x2 output block."""
+
+    features: int
+    conv_impl: str = "lax"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        n, h, w, cin = x.shape
+        kernel = self.param("kernel", nn.initializers.he_normal(), (2, 2, cin, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if self.conv_impl == "matmul":
+            k = kernel.transpose(2, 0, 1, 3).reshape(cin, 4 * self.features)
+            y = (x @ k).reshape(n, h, w, 2, 2, self.features)
+            y = y.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, self.features)
+        else:
+            # conv_transpose flips the kernel spatially unless transpose_kernel; flip it back so that
+            # kernel[dy, dx] lands at output offset (dy, dx) like the matmul path.
+            y = jax.lax.conv_transpose(x, kernel[::-1, ::-1], (2, 2), "VALID",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + bias.astype(self.dtype)
+
+
+class ImageNorm(nn.Module):
+    """BatchNorm with the statistics of the current batch over (N, H, W): per image when N = 1."""
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        xf = x.astype(jnp.float32)  # statistics in float32 also under bfloat16 compute
+        mean = xf.mean((0, 1, 2))
+        var = jnp.mean(jnp.square(xf - mean), (0, 1, 2))
+        y = (xf - mean) * jax.lax.rsqrt(var + BN_EPSILON) * scale + bias
+        return y.astype(x.dtype)
+
+
+class ConvBlock(nn.Module):
+    features: int
+    norm: str = "batch"
+    conv_impl: str = "lax"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        for i in range(2):
+            x = Conv3x3(self.features, self.conv_impl, self.dtype, name=f"conv{i}")(x)
+            if self.norm == "batch":
+                x = ImageNorm(name=f"norm{i}")(x)
+            x = nn.relu(x)
+        return x
+
+
+class UNet(nn.Module):
+    width: int = 64
+    depth: int = 4
+    norm: str = "batch"
+    out_channels: int = 3
+    conv_impl: str = "lax"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        if self.norm not in ("batch", "none"):
+            raise AnoUnetError(f"unknown U-Net norm {self.norm!r}; use 'batch' or 'none'")
+        h, w = x.shape[1:3]
+        if h % 2 ** self.depth or w % 2 ** self.depth:
+            raise AnoUnetError(f"image size {h}x{w} must be divisible by 2**depth = {2 ** self.depth}")
+        kw = dict(norm=self.norm, conv_impl=self.conv_impl, dtype=self.dtype)
+        skips = []
+        for level in range(self.depth):
+            x = ConvBlock(self.width * 2 ** level, name=f"down{level}", **kw)(x)
+            skips.append(x)
+            n, hh, ww, c = x.shape
+            x = x.reshape(n, hh // 2, 2, ww // 2, 2, c).max((2, 4))
+        x = ConvBlock(self.width * 2 ** self.depth, name="bottleneck", **kw)(x)
+        for level in reversed(range(self.depth)):
+            feats = self.width * 2 ** level
+            x = UpConv2x2(feats, self.conv_impl, self.dtype, name=f"upconv{level}")(x)
+            x = jnp.concatenate([skips[level], x.astype(skips[level].dtype)], -1)
+            x = ConvBlock(feats, name=f"up{level}", **kw)(x)
+        kernel = self.param("out_kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.out_channels))
+        bias = self.param("out_bias", nn.initializers.zeros, (self.out_channels,))
+        y = x.astype(jnp.float32) @ kernel + bias
+        return nn.sigmoid(y)
+
+
+def unet_from_config(cfg, conv_impl: str = "lax", dtype=jnp.float32) -> UNet:
+    return UNet(width=cfg.width, depth=cfg.depth, norm=cfg.norm, conv_impl=conv_impl, dtype=dtype)

@@ -1,0 +1,35 @@
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from anounet_jax.config import TINY
+from anounet_jax.data.embedded import load_embedded
+from anounet_jax.fnet.model import FrozenFNet
+from anounet_jax.models.small_cnn import SmallCNN
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    return load_embedded(TINY.data, TINY.image_size, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_data):
+    """The tiny preset's f-Net trained once for the whole session, with its center."""
+    from anounet_jax.pipeline import fit_fnet_and_center
+
+    return fit_fnet_and_center(TINY, tiny_data["train"], tiny_data["reference"], seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def random_fnet():
+    """An untrained small CNN as f-Net: enough to exercise the engine's arithmetic."""
+    m = SmallCNN(width=4, features=8)
+    x = np.zeros((2, 32, 32, 3), np.float32)
+    return FrozenFNet.from_module(m, m.init(jax.random.PRNGKey(0), x))
+
+
+def tiny_fit(**changes):
+    return dataclasses.replace(TINY.fit, **changes)

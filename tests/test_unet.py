@@ -1,0 +1,67 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from anounet_jax import AnoUnetError
+from anounet_jax.config import PAPER, SMALL
+from anounet_jax.models.unet import UNet, UpConv2x2, im2col_3x3, unet_from_config
+
+
+def _count(tree):
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
+
+
+def test_paper_unet_has_the_originals_parameter_count():
+    model = unet_from_config(PAPER.unet)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 96, 96, 3))))
+    trainable = _count(shapes)
+    # Keras counts BatchNorm moving mean/variance too (2 per channel); we normalize with the fitted
+    # image's own statistics, so those are not parameters here.
+    bn_channels = sum(a.shape[0] for p, a in jax.tree_util.tree_leaves_with_path(shapes)
+                      if "norm" in jax.tree_util.keystr(p) and p[-1].key == "scale")
+    assert trainable == 31_043_651
+    assert trainable + 2 * bn_channels == 31_055_427  # Keras model.summary() total of the original
+    out = jax.eval_shape(lambda: model.apply(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 96, 96, 3))),
+                                             jnp.zeros((2, 96, 96, 3))))
+    assert out.shape == (2, 96, 96, 3)
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_matmul_and_lax_convolutions_compute_the_same_unet(norm):
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    lax_model = UNet(width=4, depth=2, norm=norm, conv_impl="lax")
+    mm_model = UNet(width=4, depth=2, norm=norm, conv_impl="matmul")
+    v = lax_model.init(jax.random.PRNGKey(0), x)
+    np.testing.assert_allclose(lax_model.apply(v, x), mm_model.apply(v, x), atol=1e-5)
+
+
+def test_transposed_conv_places_kernel_tap_dy_dx_at_output_offset():
+    x = jnp.zeros((1, 2, 2, 1)).at[0, 1, 0, 0].set(1.0)  # one pixel at (1, 0)
+    kernel = jnp.arange(4.0).reshape(2, 2, 1, 1)
+    for impl in ("lax", "matmul"):
+        y = UpConv2x2(1, impl).apply({"params": {"kernel": kernel, "bias": jnp.zeros(1)}}, x)[0, ..., 0]
+        np.testing.assert_allclose(y[2:4, 0:2], kernel[..., 0, 0])
+        assert float(jnp.abs(y).sum()) == pytest.approx(6.0)
+
+
+def test_im2col_matches_a_library_conv():
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 6, 2))
+    k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 2, 4))
+    ref = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(im2col_3x3(x) @ k.reshape(18, 4), ref, atol=1e-5)
+
+
+def test_batch_norm_uses_each_images_own_statistics():
+    model = UNet(width=4, depth=2)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (1, 32, 32, 3))
+    v = model.init(jax.random.PRNGKey(0), x)
+    alone = model.apply(v, x)
+    with_other = jax.vmap(lambda xi: model.apply(v, xi[None])[0])(jnp.concatenate([x, 1 - x]))
+    np.testing.assert_allclose(alone[0], with_other[0], atol=1e-6)
+
+
+def test_image_size_must_divide_by_two_to_the_depth():
+    model = unet_from_config(SMALL.unet)
+    with pytest.raises(AnoUnetError, match="divisible"):
+        model.init(jax.random.PRNGKey(0), jnp.zeros((1, 40, 40, 3)))
