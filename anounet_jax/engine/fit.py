@@ -32,7 +32,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from anounet_jax.errors import AnoUnetError
 from anounet_jax.fnet.model import FrozenFNet
-from anounet_jax.models.unet import unet_from_config
+from anounet_jax.models.unet import init_unet_params, unet_from_config
+
+_COMPILED: dict = {}  # see Engine._compiled
 
 FORMULATIONS = ("vmap_matmul", "vmap_conv", "unrolled", "loop")
 
@@ -128,7 +130,7 @@ class Engine:
         return l_r + self.fit_cfg.beta * l_c, (recon[0], l_r, l_c)
 
     def _init_one(self, key, x):
-        params = self.unet.init(key, x[None])["params"]
+        params = init_unet_params(self.unet, key, x.shape)
         return params, self.tx.init(params)
 
     def _step_one(self, params, opt_state, x, fnet_vars, center):
@@ -154,9 +156,22 @@ class Engine:
 
         return unrolled
 
+    def _cache_key(self):
+        return (self.unet, dataclasses.replace(self.fit_cfg, smoothing_sigma=0.0, chunk_size=0),
+                self.formulation, self.steps_per_call, self.fnet.apply,
+                tuple(d.id for d in self.mesh.devices.flat))
+
     def _compiled(self):
-        if self._fns:
-            return self._fns
+        """The jitted init/steps/evaluate, shared by every Engine with the same configuration (so
+        that tests and repeated jobs in one process compile once)."""
+        if not self._fns:
+            key = self._cache_key()
+            if key not in _COMPILED:
+                _COMPILED[key] = self._build()
+            self._fns = _COMPILED[key]
+        return self._fns
+
+    def _build(self):
         shard = NamedSharding(self.mesh, P("images"))
         repl = NamedSharding(self.mesh, P())
         init = jax.vmap(self._init_one)
@@ -168,14 +183,13 @@ class Engine:
             return params, opt_state
 
         evaluate = self._batched(self._eval_one, 2)
-        self._fns = dict(
+        return dict(
             init=jax.jit(init, out_shardings=shard),
             steps=jax.jit(steps, in_shardings=(shard, shard, shard, repl, repl),
                           out_shardings=(shard, shard), donate_argnums=(0, 1)),
             evaluate=jax.jit(evaluate, in_shardings=(shard, shard, repl, repl), out_shardings=shard),
             shard=shard, repl=repl,
         )
-        return self._fns
 
     def _fit_batch(self, x, keys):
         """Fit a batch of images (the image axis is sharded); returns device arrays."""

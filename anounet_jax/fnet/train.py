@@ -82,7 +82,9 @@ def train_fnet(cfg, normal: ImageSet, reference: ImageSet, seed: int = 0, progre
     num_classes = int(ref_labels.max()) + (1 if doc else 2)
     model = Classifier(backbone, num_classes, None if doc else cfg.alpha_l2)
 
-    key = jax.random.PRNGKey(seed)
+    # rbg keys: XLA:CPU compiles every threefry draw slowly (seconds each), and nothing here is vmapped
+    # over keys (where rbg would not be batch-invariant).
+    key = jax.random.key(seed, impl="rbg")
     key, init_key = jax.random.split(key)
     variables = model.init(init_key, jnp.asarray(normal.images[:2]), train=False)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})

@@ -25,10 +25,13 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from anounet_jax.errors import AnoUnetError
 
 BN_EPSILON = 1e-3  # Keras BatchNormalization default
+HE_NORMAL = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+LECUN_NORMAL = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
 
 
 def im2col_3x3(x):
@@ -46,7 +49,7 @@ class Conv3x3(nn.Module):
     @nn.compact
     def __call__(self, x):
         cin = x.shape[-1]
-        kernel = self.param("kernel", nn.initializers.he_normal(), (3, 3, cin, self.features))
+        kernel = self.param("kernel", HE_NORMAL, (3, 3, cin, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if self.conv_impl == "matmul":
@@ -67,7 +70,7 @@ class UpConv2x2(nn.Module):
     @nn.compact
     def __call__(self, x):
         n, h, w, cin = x.shape
-        kernel = self.param("kernel", nn.initializers.he_normal(), (2, 2, cin, self.features))
+        kernel = self.param("kernel", HE_NORMAL, (2, 2, cin, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if self.conv_impl == "matmul":
@@ -141,7 +144,7 @@ class UNet(nn.Module):
             x = UpConv2x2(feats, self.conv_impl, self.dtype, name=f"upconv{level}")(x)
             x = jnp.concatenate([skips[level], x.astype(skips[level].dtype)], -1)
             x = ConvBlock(feats, name=f"up{level}", **kw)(x)
-        kernel = self.param("out_kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.out_channels))
+        kernel = self.param("out_kernel", LECUN_NORMAL, (x.shape[-1], self.out_channels))
         bias = self.param("out_bias", nn.initializers.zeros, (self.out_channels,))
         y = x.astype(jnp.float32) @ kernel + bias
         return nn.sigmoid(y)
@@ -149,3 +152,30 @@ class UNet(nn.Module):
 
 def unet_from_config(cfg, conv_impl: str = "lax", dtype=jnp.float32) -> UNet:
     return UNet(width=cfg.width, depth=cfg.depth, norm=cfg.norm, conv_impl=conv_impl, dtype=dtype)
+
+
+def init_unet_params(unet: UNet, key, image_shape) -> dict:
+    """Parameters with the module's initial distributions from ONE normal draw.
+
+    Same distributions as `unet.init` (He-normal conv kernels, LeCun-normal output layer, zero biases,
+    unit norm scales), different values. Why: XLA:CPU compiles each threefry draw separately and
+    slowly (about 3 s each here); `unet.init` makes one per layer, this makes one per image. Pure and
+    vmap-safe: the same key gives the same parameters batched or alone.
+    """
+    shapes = jax.eval_shape(lambda: unet.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape))))
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes["params"])
+    sizes = [int(np.prod(leaf.shape)) for _, leaf in paths_leaves]
+    z = jax.random.normal(key, (sum(sizes),), jnp.float32)
+    out, offset = [], 0
+    for (path, leaf), size in zip(paths_leaves, sizes):
+        name = path[-1].key
+        if name in ("kernel", "out_kernel"):
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            std = np.sqrt((2.0 if name == "kernel" else 1.0) / fan_in)
+            out.append((z[offset:offset + size] * std).reshape(leaf.shape))
+        elif name == "scale":
+            out.append(jnp.ones(leaf.shape, jnp.float32))
+        else:  # biases
+            out.append(jnp.zeros(leaf.shape, jnp.float32))
+        offset += size
+    return jax.tree_util.tree_unflatten(treedef, out)
