@@ -33,6 +33,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from anounet_jax.evaluate import evaluate, markdown_table
+
+    m = evaluate(args.data, args.preset, args.methods, args.out, seed=args.seed, progress=not args.quiet,
+                 smoothing=args.smoothing, formulation=args.formulation)
+    print(markdown_table(m), end="")
+    print(f"metrics.json, metrics.md and panels/ in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anounet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
     p.add_argument("--category", default=None, help="embedded texture: brick | grass")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("evaluate", help="Ano-Unet and the baselines on an MVTec AD-style folder: metrics, panels")
+    p.add_argument("data", metavar="DATA_DIR", help="MVTec AD category folder, or 'embedded' (built-in data)")
+    _add_common(p)
+    p.add_argument("--out", required=True, help="output folder: metrics.json, metrics.md, panels/")
+    p.add_argument("--methods", default="ano-unet,autoencoder,doc-decoder,anogan",
+                   help="comma-separated subset (default: %(default)s)")
+    p.add_argument("--smoothing", type=float, default=None,
+                   help="Gaussian sigma for every method's maps (default: the preset's fit.smoothing_sigma)")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -1,0 +1,110 @@
+"""`anounet evaluate`: end to end on a generated MVTec AD-style folder with the tiny preset, and the CLI's
+one-line errors."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anounet_jax.cli import main
+from anounet_jax.data.embedded import load_normal, plant_defect
+from anounet_jax.evaluate import METHODS, evaluate, parse_methods
+from anounet_jax.errors import AnoUnetError
+
+FILE_SIZE = 48  # written at 48x48, read at the tiny preset's 32x32 (images bicubic, masks nearest)
+DEFECTS = {"spot": 3, "scratch": 2}  # defect type -> number of test images
+N_GOOD_TEST = 3
+
+
+def _png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def mvtec_dir(tmp_path_factory):
+    """train/good (16), test/good (3), test/spot (3), test/scratch (2), ground_truth/<defect>/*_mask.png."""
+    root = tmp_path_factory.mktemp("mvtec") / "grass"
+    n_test = N_GOOD_TEST + sum(DEFECTS.values())
+    patches = load_normal("grass", FILE_SIZE, 16 + n_test, seed=3).images
+    for i in range(16):
+        _png(root / "train" / "good" / f"{i:03d}.png", patches[i])
+    test = iter(patches[16:])
+    for i in range(N_GOOD_TEST):
+        _png(root / "test" / "good" / f"{i:03d}.png", next(test))
+    rng = np.random.default_rng(0)
+    for kind, n in DEFECTS.items():
+        for i in range(n):
+            img, mask = plant_defect(next(test), kind, rng)
+            _png(root / "test" / kind / f"{i:03d}.png", img)
+            _png(root / "ground_truth" / kind / f"{i:03d}_mask.png", mask.astype(np.float32))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(mvtec_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    metrics = evaluate(mvtec_dir, "tiny", None, out, seed=0, progress=False)
+    return out, metrics
+
+
+def test_metrics_for_every_method(run):
+    out, returned = run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == returned
+    assert set(metrics) == set(METHODS) | {"settings"}
+    n_test = N_GOOD_TEST + sum(DEFECTS.values())
+    for name in METHODS:
+        m = metrics[name]
+        for key in ("image_auroc", "image_auroc_map_max", "pixel_auroc", "aupro"):
+            assert m[key] is not None and math.isfinite(m[key]) and 0.0 <= m[key] <= 1.0, (name, key, m)
+        assert m["images"] == n_test and m["diverged"] == 0
+        assert math.isfinite(m["seconds"]) and m["seconds"] > 0
+    # Ano-Unet's own image score is the map max; the f-Net time is counted for both f-Net methods
+    assert metrics["ano-unet"]["image_auroc"] == metrics["ano-unet"]["image_auroc_map_max"]
+    fnet = metrics["settings"]["seconds"]["fnet"]
+    assert metrics["ano-unet"]["seconds_parts"]["fnet"] == metrics["doc-decoder"]["seconds_parts"]["fnet"] == fnet
+    s = metrics["settings"]
+    assert (s["preset"], s["image_size"], s["smoothing_sigma"]) == ("tiny", 32, 1.0)
+    assert (s["n_train"], s["n_test_good"], s["n_test_defect"]) == (16, N_GOOD_TEST, sum(DEFECTS.values()))
+    table = (out / "metrics.md").read_text()
+    assert all(f"| {name} |" in table for name in METHODS)
+
+
+def test_panels_for_every_test_image(run, mvtec_dir):
+    out, _ = run
+    expected = {f"test_good_{i:03d}.png" for i in range(N_GOOD_TEST)}
+    expected |= {f"test_{k}_{i:03d}.png" for k, n in DEFECTS.items() for i in range(n)}
+    assert {p.name for p in (out / "panels").iterdir()} == expected
+    with Image.open(out / "panels" / "test_spot_000.png") as im:  # image | mask | 4 overlays
+        assert im.width > 6 * 32 * 6 and im.mode == "RGB"
+
+
+def test_parse_methods():
+    assert parse_methods(None) == list(METHODS)
+    assert parse_methods("AnoGAN, ano_unet,anogan") == ["anogan", "ano-unet"]
+    with pytest.raises(AnoUnetError, match="unknown method 'vae'"):
+        parse_methods("autoencoder,vae")
+    with pytest.raises(AnoUnetError, match="no method"):
+        parse_methods(" , ")
+
+
+def _one_line_error(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("anounet: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_cli_errors(tmp_path, capsys, mvtec_dir):
+    err = _one_line_error(capsys, ["evaluate", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert "nope" in err and "not found" in err
+    err = _one_line_error(capsys, ["evaluate", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert "train/good" in err  # a folder, but not an MVTec AD category folder
+    err = _one_line_error(capsys, ["evaluate", str(mvtec_dir), "--out", str(tmp_path / "o"),
+                                   "--methods", "ano-unet,nonsense", "--preset", "tiny"])
+    assert "unknown method 'nonsense'" in err
+    _one_line_error(capsys, ["evaluate", "embedded", "--out", str(tmp_path / "o"), "--preset", "huge"])
+    assert not (tmp_path / "o").exists()  # nothing written before the inputs are checked
