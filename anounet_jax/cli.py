@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoothing", type=float, default=None,
                    help="Gaussian sigma for every method's maps (default: the preset's fit.smoothing_sigma)")
     p.set_defaults(func=cmd_evaluate)
+    from anounet_jax.scoring.commands import register as register_scoring  # train-fnet, score
+
+    register_scoring(sub)
     return parser
 
 

@@ -1,0 +1,95 @@
+"""`anounet_jax.score(...)`: the `anounet score` job as a function returning arrays instead of files.
+
+    result = anounet_jax.score("photos/", "ckpt/", visualize="flagged")
+    result.scores[result.flagged], result.heatmaps[result.flagged], result.status
+
+Everything is held in memory (heatmaps and reconstructions for every row), so this is for sets that
+fit in RAM; for large folders use the resumable CLI job (`anounet score`), which streams to disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from anounet_jax.scoring.core import (STATUS_DIVERGED, STATUS_NOT_VISUALIZED, STATUS_OK, ScoringModel,
+                                      check_visualize, is_failure, open_source)
+
+
+@dataclasses.dataclass
+class ScoreResult:
+    """One entry per input image, in input order (N images of size H x W).
+
+    scores: float32 (N,), NaN where the image could not be used. flagged: bool (N,), score > threshold.
+    heatmaps: float32 (N, H, W) and recon: float32 (N, H, W, 3), NaN for rows without maps.
+    L_R, L_C: float32 (N,), the fit's final losses, NaN for rows that were not fitted.
+    status: "ok", "not visualized", "diverged", or the problem with the file. ids: file ids (paths
+    relative to the folder) or "000000", ... for arrays.
+    """
+
+    ids: list[str]
+    scores: np.ndarray
+    flagged: np.ndarray
+    heatmaps: np.ndarray
+    recon: np.ndarray
+    L_R: np.ndarray
+    L_C: np.ndarray
+    status: list[str]
+    threshold: float
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def failed(self) -> np.ndarray:
+        """bool (N,): unreadable images and diverged fits."""
+        return np.array([is_failure(s) for s in self.status], bool)
+
+
+def score(images_or_folder, checkpoint, preset=None, visualize: str = "flagged", *,
+          threshold: float | None = None, seed: int = 0, chunk_size: int = 32, formulation: str = "auto",
+          recursive: bool = False, progress: bool = False) -> ScoreResult:
+    """Image scores for every image and Ano-Unet maps for all / the flagged / none of them.
+
+    images_or_folder: float32 (N, H, W, 3) in [0, 1] (or uint8) at the checkpoint's image size, an
+      ImageSet, a folder of image files (resized to the checkpoint's image size; unreadable files get
+      their problem as status and NaN scores), or "embedded" (the preset's embedded test set).
+    checkpoint: a path written by `anounet train-fnet` / `save_checkpoint`, or a loaded Checkpoint.
+    preset: None (the checkpoint's preset), a name or a Preset: chooses the U-Net and the per-image
+      fit (it must have the checkpoint's image size). threshold: overrides the checkpoint scorer's.
+    """
+    from tqdm.auto import tqdm
+
+    check_visualize(visualize)
+    model = ScoringModel(checkpoint, preset, threshold=threshold, seed=seed, formulation=formulation)
+    source = open_source(images_or_folder, model.image_size, recursive, model.preset)
+    n, s = len(source), model.image_size
+    scores = np.full(n, np.nan, np.float32)
+    flagged = np.zeros(n, bool)
+    heat = np.full((n, s, s), np.nan, np.float32)
+    recon = np.full((n, s, s, 3), np.nan, np.float32)
+    l_r = np.full(n, np.nan, np.float32)
+    l_c = np.full(n, np.nan, np.float32)
+    status = [STATUS_NOT_VISUALIZED] * n
+    with tqdm(total=n, unit="img", desc="score", disable=not progress) as bar:
+        for lo in range(0, n, chunk_size):
+            hi = min(lo + chunk_size, n)
+            chunk = source.chunk(lo, hi)
+            for pos, problem in chunk.errors.items():
+                status[pos] = problem
+            out = model.process(chunk.images, chunk.indices, visualize)
+            idx = np.asarray(chunk.indices)
+            scores[idx], flagged[idx] = out.scores, out.flagged
+            for j, problem in enumerate(out.problems):
+                if problem is not None:
+                    status[idx[j]] = problem
+            if out.fit is not None:
+                rows = idx[out.fitted]
+                heat[rows], recon[rows] = out.fit.heatmap, out.fit.recon
+                l_r[rows], l_c[rows] = out.fit.loss_r, out.fit.loss_c
+                for r, d in zip(rows.tolist(), out.fit.diverged.tolist()):
+                    status[r] = STATUS_DIVERGED if d else STATUS_OK
+            bar.update(hi - lo)
+    return ScoreResult(ids=list(source.ids), scores=scores, flagged=flagged, heatmaps=heat, recon=recon,
+                       L_R=l_r, L_C=l_c, status=status, threshold=model.threshold)

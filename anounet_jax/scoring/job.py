@@ -1,0 +1,299 @@
+"""The resumable bulk job behind `anounet score`: a folder in, scores + maps + a report out.
+
+Output folder (OUT):
+
+    manifest.json             what this folder holds: checkpoint fingerprint, effective preset, settings,
+                              the input's file list digest. A rerun with another checkpoint, preset,
+                              settings or input file list is refused (AnoUnetError) instead of mixing.
+    parts/part-000000.json    one per chunk of positions [k*chunk, (k+1)*chunk): its rows, in order.
+                              Written last for a chunk (after its maps), by temp file + rename: a part
+                              file that exists is complete, and a chunk without one is redone.
+    maps/<file>.npz           "heatmap" float16 (H, W), "recon" float16 (H, W, 3) (zip entries with a
+                              fixed timestamp, so a redone chunk writes byte-identical files)
+    overlays/<file>.png       the heatmap in jet over the image (each overlay spans its own range)
+    scores.csv                file, score, flagged, L_R, L_C, status: one row per input, in input order,
+                              assembled from the part files at the end
+    summary.json              the counts
+    report.html (+ report-2.html, ...)   see report.py
+
+<file> is the image's path relative to the input folder (with its extension), so maps of
+`a/b.png` are at `maps/a/b.png.npz`.
+
+Kill safety: every file is written to `<name>.tmp` and renamed into place, and a chunk counts as
+done only once its part file exists, so killing the job at any moment (SIGKILL included) and
+running the same command again redoes at most the chunk in flight, scores every image exactly once
+and leaves the same bytes as an uninterrupted run (per-image PRNG keys come from the global position;
+the f-Net runs on fixed-size batches). Files are not fsynced: this protects against the process
+dying, not against the machine losing power. A lock (`OUT/.lock`, flock) refuses a second job
+writing to the same folder at the same time.
+
+Rows. score: the image score (empty if the image could not be used); flagged: 1 if score >
+threshold, else 0; L_R, L_C: the final losses of the image's fit (empty if it was not fitted);
+status: "ok", "not visualized", "diverged", or the problem with the file (e.g. "unreadable or
+truncated image (...)").
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from anounet_jax.errors import AnoUnetError
+from anounet_jax.scoring.core import (STATUS_DIVERGED, STATUS_NOT_VISUALIZED, STATUS_OK, ScoringModel,
+                                      check_visualize, ids_digest, is_failure, open_source)
+from anounet_jax.scoring.files import atomic_write, npz_bytes, png_bytes
+
+JOB_FORMAT = 1
+MANIFEST = "manifest.json"
+PARTS = "parts"
+CSV_FIELDS = ("file", "score", "flagged", "L_R", "L_C", "status")
+DEFAULT_CHUNK = 32
+
+
+def map_path(file_id: str) -> str:
+    return f"maps/{file_id}.npz"
+
+
+def overlay_path(file_id: str) -> str:
+    return f"overlays/{file_id}.png"
+
+
+def _float(x) -> float | None:
+    return None if x is None else float(np.float32(x))
+
+
+def _fmt(x) -> str:
+    """CSV text of a float32 value: the shortest text that reads back to the same float32."""
+    return "" if x is None else str(np.float32(x))
+
+
+# ---------------------------------------------------------------------------------------- rows
+def chunk_rows(ids, lo: int, hi: int, chunk, outcome) -> list[dict]:
+    """The rows of positions [lo, hi) from a loaded chunk and its ChunkOutcome."""
+    rows = {}
+    for pos, problem in chunk.errors.items():
+        rows[int(pos)] = dict(file=ids[pos], score=None, flagged=None, L_R=None, L_C=None, status=problem)
+    fit_row = outcome.fit_row() if outcome is not None else {}
+    for j, pos in enumerate(np.asarray(chunk.indices).tolist()):
+        row = dict(file=ids[pos], score=None, flagged=None, L_R=None, L_C=None, status=STATUS_NOT_VISUALIZED)
+        if outcome.problems[j] is not None:
+            row["status"] = outcome.problems[j]
+        else:
+            row["score"] = _float(outcome.scores[j])
+            row["flagged"] = bool(outcome.flagged[j])
+        if j in fit_row:
+            k = fit_row[j]
+            row["L_R"] = _float(outcome.fit.loss_r[k])
+            row["L_C"] = _float(outcome.fit.loss_c[k])
+            row["status"] = STATUS_DIVERGED if outcome.fit.diverged[k] else STATUS_OK
+        rows[pos] = row
+    if sorted(rows) != list(range(lo, hi)):
+        raise AssertionError(f"chunk [{lo}, {hi}) has rows for {sorted(rows)}")  # ImageFolder's contract
+    return [rows[p] for p in range(lo, hi)]
+
+
+def csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_FIELDS)
+    for r in rows:
+        flagged = "" if r["flagged"] is None else str(int(r["flagged"]))
+        w.writerow([r["file"], _fmt(r["score"]), flagged, _fmt(r["L_R"]), _fmt(r["L_C"]), r["status"]])
+    return buf.getvalue()
+
+
+def count_rows(rows: list[dict]) -> dict:
+    st = [r["status"] for r in rows]
+    diverged = st.count(STATUS_DIVERGED)
+    failed = sum(is_failure(s) for s in st)
+    return {"images": len(rows), "scored": sum(r["score"] is not None for r in rows),
+            "flagged": sum(bool(r["flagged"]) for r in rows), "visualized": st.count(STATUS_OK),
+            "not_visualized": st.count(STATUS_NOT_VISUALIZED), "diverged": diverged,
+            "unreadable": failed - diverged, "failed": failed}
+
+
+# ---------------------------------------------------------------------------------------- the job
+@dataclasses.dataclass
+class JobSummary:
+    out: Path
+    counts: dict
+    resumed_images: int  # images already done when this run started
+    processed_images: int  # images this run scored
+    seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.counts["failed"] else 0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.processed_images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _lock(out: Path):
+    import fcntl
+
+    f = open(out / ".lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise AnoUnetError("another anounet score job is writing to this output folder", out) from None
+    return f
+
+
+def _manifest(model: ScoringModel, source, visualize: str, chunk_size: int, checkpoint_path) -> dict:
+    return {
+        "format_version": JOB_FORMAT,
+        "checkpoint": {"fingerprint": model.checkpoint.fingerprint, "path": str(checkpoint_path)},
+        "settings": {"preset": model.preset.to_dict(), "visualize": visualize, "threshold": model.threshold,
+                     "threshold_overridden": model.threshold_overridden, "scorer": model.scorer.kind,
+                     "seed": model.seed, "formulation": model.formulation, "chunk_size": chunk_size},
+        "input": {"source": source.description, "count": len(source), "ids_sha256": ids_digest(source.ids)},
+    }
+
+
+def _check_manifest(out: Path, new: dict) -> None:
+    path = out / MANIFEST
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise AnoUnetError(f"cannot read the job manifest ({e}); delete the output folder to start over",
+                           path) from None
+    fresh = "use a new --out folder, or delete this one to start over"
+    if old.get("format_version") != JOB_FORMAT:
+        raise AnoUnetError(f"output folder was written by job format {old.get('format_version')}, "
+                           f"this version writes {JOB_FORMAT}; {fresh}", out)
+    a, b = old["checkpoint"]["fingerprint"], new["checkpoint"]["fingerprint"]
+    if a != b:
+        raise AnoUnetError(f"this output folder holds results of another checkpoint (fingerprint "
+                           f"{a[:12]}..., made from {old['checkpoint']['path']}); the checkpoint given now "
+                           f"has fingerprint {b[:12]}...; {fresh}", out)
+    diffs = []
+    for k in sorted(set(old["settings"]) | set(new["settings"])):
+        va, vb = old["settings"].get(k), new["settings"].get(k)
+        if k == "preset" and va != vb and va and vb:
+            diffs += [f"preset.{s}: was {va.get(s)!r}, now {vb.get(s)!r}" for s in sorted(set(va) | set(vb))
+                      if va.get(s) != vb.get(s)]
+        elif va != vb:
+            diffs.append(f"{k}: was {va!r}, now {vb!r}")
+    if diffs:
+        raise AnoUnetError("this output folder holds a job with other settings (" + "; ".join(diffs)
+                           + f"); {fresh}", out)
+    ia, ib = old["input"], new["input"]
+    if (ia["count"], ia["ids_sha256"]) != (ib["count"], ib["ids_sha256"]):
+        raise AnoUnetError(f"the input's file list changed since this job started ({ia['count']} files "
+                           f"then, {ib['count']} now, from {ib['source']}); {fresh}", out)
+
+
+def _part_path(out: Path, k: int) -> Path:
+    return out / PARTS / f"part-{k:06d}.json"
+
+
+def _read_part(path: Path, lo: int, hi: int) -> list[dict] | None:
+    try:
+        part = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if part.get("start") != lo or part.get("stop") != hi or len(part.get("rows", ())) != hi - lo:
+        return None
+    return part["rows"]
+
+
+def run_score_job(inputs, checkpoint, out, *, preset=None, visualize: str = "flagged",
+                  threshold: float | None = None, chunk_size: int | None = None, seed: int = 0,
+                  formulation: str = "auto", recursive: bool = False, progress: bool = True,
+                  log=print) -> JobSummary:
+    """Score every image of `inputs` (a folder, or "embedded") into `out`; resumes a killed job.
+
+    Returns a JobSummary (counts; exit_code 1 if any image failed). AnoUnetError for a missing or
+    unreadable checkpoint or input folder, or an output folder holding a different job.
+    """
+    from tqdm.auto import tqdm
+
+    from anounet_jax.scoring.report import write_report
+
+    t0 = time.perf_counter()
+    check_visualize(visualize)
+    chunk_size = DEFAULT_CHUNK if chunk_size is None else int(chunk_size)
+    if chunk_size <= 0:
+        raise AnoUnetError(f"chunk size must be positive, got {chunk_size}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out)
+    try:
+        model = ScoringModel(checkpoint, preset, threshold=threshold, seed=seed, formulation=formulation)
+        source = open_source(inputs, model.image_size, recursive, model.preset)
+        manifest = _manifest(model, source, visualize, chunk_size, model.checkpoint.path)
+        if (out / MANIFEST).exists():
+            _check_manifest(out, manifest)
+        else:
+            atomic_write(out / MANIFEST, json.dumps(manifest, indent=2).encode())
+
+        n = len(source)
+        n_chunks = math.ceil(n / chunk_size)
+        bounds = [(k * chunk_size, min((k + 1) * chunk_size, n)) for k in range(n_chunks)]
+        rows: list = [None] * n_chunks
+        for k, (lo, hi) in enumerate(bounds):
+            if _part_path(out, k).exists():
+                rows[k] = _read_part(_part_path(out, k), lo, hi)
+        pending = [k for k in range(n_chunks) if rows[k] is None]
+        done = sum(hi - lo for k, (lo, hi) in enumerate(bounds) if rows[k] is not None)
+        if done and pending:
+            log(f"resuming: {done} of {n} images already done in {out}")
+        t_start = time.perf_counter()
+        with tqdm(total=n, initial=done, unit="img", desc="score", disable=not progress,
+                  dynamic_ncols=True) as bar, ThreadPoolExecutor(max_workers=1) as reader:
+            # decode the next chunk while this one is scored and fitted
+            future = reader.submit(source.chunk, *bounds[pending[0]]) if pending else None
+            for i, k in enumerate(pending):
+                lo, hi = bounds[k]
+                chunk = future.result()
+                if i + 1 < len(pending):
+                    future = reader.submit(source.chunk, *bounds[pending[i + 1]])
+                outcome = model.process(chunk.images, chunk.indices, visualize)
+                _write_maps(out, source.ids, chunk, outcome)
+                rows[k] = chunk_rows(source.ids, lo, hi, chunk, outcome)
+                part = {"chunk": k, "start": lo, "stop": hi, "rows": rows[k]}
+                atomic_write(_part_path(out, k), json.dumps(part).encode())
+                bar.update(hi - lo)
+        seconds = time.perf_counter() - t_start
+        processed = n - done
+        all_rows = [r for part in rows for r in part]
+        counts = count_rows(all_rows)
+        atomic_write(out / "scores.csv", csv_text(all_rows).encode())
+        atomic_write(out / "summary.json", json.dumps(counts, indent=2).encode())
+        write_report(out, all_rows, manifest, counts)
+        return JobSummary(out, counts, done, processed, seconds if processed else time.perf_counter() - t0)
+    finally:
+        lock.close()
+
+
+def _write_maps(out: Path, ids, chunk, outcome) -> None:
+    from anounet_jax.maps import overlay
+
+    if outcome.fit is None:
+        return
+    for k, j in enumerate(outcome.fitted.tolist()):
+        if outcome.fit.diverged[k]:
+            continue
+        fid = ids[int(chunk.indices[j])]
+        heat = outcome.fit.heatmap[k]
+        atomic_write(out / map_path(fid), npz_bytes(heatmap=heat.astype(np.float16),
+                                                      recon=outcome.fit.recon[k].astype(np.float16)))
+        atomic_write(out / overlay_path(fid), png_bytes(overlay(chunk.images[j], heat)))
+
+
+def read_scores_csv(path) -> list[dict]:
+    """scores.csv back as dicts of strings (a helper for tests and scripts)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
