@@ -28,10 +28,13 @@ def cmd_score(args) -> int:
                       formulation=args.formulation, recursive=args.recursive, progress=not args.quiet,
                       log=log)
     c = s.counts
-    resumed = f", {s.resumed_images} done before" if s.resumed_images else ""
+    if s.processed_images:
+        run = (f"{s.processed_images} scored in {s.seconds:.1f} s ({s.images_per_s:.2f} images/s)"
+               + (f", {s.resumed_images} done before" if s.resumed_images else ""))
+    else:
+        run = "all done before, outputs re-assembled"
     print(f"{c['images']} images: {c['flagged']} flagged, {c['visualized']} with maps, {c['diverged']} "
-          f"diverged, {c['unreadable']} unreadable{resumed}; {s.processed_images} scored in "
-          f"{s.seconds:.1f} s ({s.images_per_s:.2f} images/s)")
+          f"diverged, {c['unreadable']} unreadable; {run}")
     print(f"results: {s.out / 'scores.csv'}, report: {s.out / 'report.html'}")
     if c["failed"]:
         print(f"anounet: {c['failed']} image(s) failed (see the status column of scores.csv)", file=sys.stderr)

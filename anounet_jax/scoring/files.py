@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from anounet_jax.errors import AnoUnetError
+
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -17,11 +19,14 @@ def atomic_write(path: Path, data: bytes) -> None:
     old file or the complete new one, never a part. A `.tmp` left by a killed job is overwritten by
     the next write of the same file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:  # disk full, permissions, a folder in the way: the user's to fix
+        raise AnoUnetError(f"cannot write output file ({type(e).__name__}: {e})", path) from None
 
 
 def npz_bytes(**arrays) -> bytes:

@@ -227,12 +227,15 @@ def run_score_job(inputs, checkpoint, out, *, preset=None, visualize: str = "fla
     if chunk_size <= 0:
         raise AnoUnetError(f"chunk size must be positive, got {chunk_size}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    model = ScoringModel(checkpoint, preset, threshold=threshold, seed=seed, formulation=formulation)
+    source = open_source(inputs, model.image_size, recursive, model.preset)
+    manifest = _manifest(model, source, visualize, chunk_size, model.checkpoint.path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AnoUnetError(f"cannot create the output folder ({e})", out) from None
     lock = _lock(out)
     try:
-        model = ScoringModel(checkpoint, preset, threshold=threshold, seed=seed, formulation=formulation)
-        source = open_source(inputs, model.image_size, recursive, model.preset)
-        manifest = _manifest(model, source, visualize, chunk_size, model.checkpoint.path)
         if (out / MANIFEST).exists():
             _check_manifest(out, manifest)
         else:
