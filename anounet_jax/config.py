@@ -100,7 +100,7 @@ SMALL = Preset(
     unet=UNetConfig(width=16, depth=4, norm="batch"),
     fnet=FNetConfig(arch="mobilenet_v2", alpha=0.5, method="l2softmax", alpha_l2=5.0, lr=1e-3,
                     batch_size=64, epochs=4),
-    fit=FitConfig(steps=100, beta=10.0, optimizer="adam", lr=1e-2, chunk_size=16, smoothing_sigma=2.0),
+    fit=FitConfig(steps=60, beta=50.0, optimizer="adam", lr=1e-2, chunk_size=16, smoothing_sigma=2.0),
     data=DataConfig(n_train=800, n_reference_per_class=100, n_test_good=20, n_test_defect=40),
 )
 
