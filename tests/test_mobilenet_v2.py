@@ -1,4 +1,6 @@
-"""MobileNetV2 (Keras layout) in Flax: shapes, parameter count, BatchNorm settings, training mode."""
+"""MobileNetV2 (Keras layout) in Flax: shapes, parameter count, BatchNorm settings, training mode,
+and the CPU-friendly conv formulations (depthwise as shifted slices, 1x1 as matmul) against the
+plain convolutions."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import pytest
 from flax import linen as nn
 
 from anounet_jax.errors import AnoUnetError
+from anounet_jax.models import mobilenet_v2
 from anounet_jax.models.mobilenet_v2 import (
     MobileNetV2,
     correct_pad,
+    depthwise_conv_shifts,
     layer_names,
     make_divisible,
     num_features_for,
@@ -142,3 +146,135 @@ def test_bad_input_shape_is_user_error():
         jax.eval_shape(
             lambda: MobileNetV2().init(jax.random.key(0), jnp.zeros((1, 64, 64, 1)))
         )
+
+
+# ------------------------------------------------------- depthwise "shifts" / pointwise "matmul"
+
+REFERENCE = dict(depthwise_impl="lax", pointwise_impl="conv")  # plain grouped / 1x1 convolutions
+CPU_FRIENDLY = dict(depthwise_impl="shifts", pointwise_impl="matmul")  # "auto" on CPU
+
+
+@pytest.mark.parametrize(
+    "size,stride,padding",
+    [(8, 1, "SAME"), (7, 1, "SAME"), (8, 2, ((0, 1), (0, 1))), (7, 2, ((1, 1), (1, 1))),
+     (8, 2, "SAME"), (7, 2, "SAME"), (8, 1, "VALID"), (8, 2, "VALID"), (7, 2, "VALID")],
+)
+def test_depthwise_shifts_matches_grouped_conv(size, stride, padding):
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(k1, (2, size, size + 1, 5))
+    kernel = jax.random.normal(k2, (3, 3, 1, 5))
+
+    def grouped(x, kernel):
+        return jax.lax.conv_general_dilated(
+            x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=5)
+
+    y_ref, vjp_ref = jax.vjp(grouped, x, kernel)
+    y, vjp = jax.vjp(lambda x, k: depthwise_conv_shifts(x, k, stride, padding), x, kernel)
+    assert y.shape == y_ref.shape
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    ct = jax.random.normal(k3, y.shape)
+    for got, want in zip(vjp(ct), vjp_ref(ct)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+
+
+def _outputs_and_grads(model, variables, x, train):
+    """Features, updated batch_stats (train) and d(loss)/d(params, x) for a fixed linear loss."""
+    w = jax.random.normal(jax.random.key(7), (x.shape[0], model.num_features), x.dtype)
+
+    def loss(params, x):
+        v = {"params": params, "batch_stats": variables["batch_stats"]}
+        if train:
+            f, updates = model.apply(v, x, train=True, mutable=["batch_stats"])
+        else:
+            f, updates = model.apply(v, x, train=False), {}
+        return jnp.mean(f * w), (f, updates)
+
+    (_, (f, updates)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+        variables["params"], x)
+    return jax.tree.map(np.asarray, {"features": f, "updates": updates, "grads": grads})
+
+
+def _compare(got, want, rel, atol):
+    """Every leaf within ``atol + rel * (largest magnitude of that leaf in want)``.
+
+    (``atol`` covers leaves that are zero up to rounding, e.g. the gradient of a BatchNorm bias
+    followed by another train-mode BatchNorm.)
+    """
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+        tol = atol + rel * float(np.max(np.abs(b)))
+        err = float(np.max(np.abs(a - b)))
+        assert err <= tol, f"{jax.tree_util.keystr(path)}: max |difference| {err:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "train"])
+@pytest.mark.parametrize("size", [64, 96])
+def test_cpu_friendly_impls_same_maths_float64(variables_96, size, train):
+    """In float64 the two formulations agree to ~1e-12: the same maths, not just close numbers."""
+    with jax.enable_x64(True):
+        v = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables_96)
+        x = jax.random.uniform(jax.random.key(3), (2, size, size, 3), jnp.float64)
+        kw = dict(alpha=0.5, dtype=jnp.float64, param_dtype=jnp.float64)
+        want = _outputs_and_grads(MobileNetV2(**kw, **REFERENCE), v, x, train)
+        got = _outputs_and_grads(MobileNetV2(**kw, **CPU_FRIENDLY), v, x, train)
+    assert np.max(np.abs(want["grads"][1])) > 0  # not vacuous
+    _compare(got, want, rel=1e-10, atol=1e-14)
+
+
+def test_cpu_friendly_impls_match_plain_convs_float32(variables_96):
+    """In float32 they differ by rounding only: measured against a float64 run, each formulation
+    is off by about the same (features ~5e-5, train-mode gradients ~2e-4 of their scale; BatchNorm
+    over 2 images x 2x2 pixels in the last blocks amplifies rounding). Train mode, the harder case;
+    float32 inference is checked against Keras itself in test_keras_import.py."""
+    x = jax.random.uniform(jax.random.key(3), (2, 64, 64, 3), jnp.float32)
+    want = _outputs_and_grads(MobileNetV2(alpha=0.5, **REFERENCE), variables_96, x, True)
+    got = _outputs_and_grads(MobileNetV2(alpha=0.5, **CPU_FRIENDLY), variables_96, x, True)
+    _compare(got, want, rel=1e-3, atol=1e-6)
+
+
+def test_impls_share_the_parameter_tree():
+    def shapes(**impls):
+        v = jax.eval_shape(lambda: MobileNetV2(alpha=0.5, **impls).init(
+            jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+        return jax.tree.map(lambda a: (a.shape, a.dtype), v)
+
+    ref = shapes(**REFERENCE)
+    for impls in (CPU_FRIENDLY, dict(depthwise_impl="shifts", pointwise_impl="conv"),
+                  dict(depthwise_impl="lax", pointwise_impl="matmul"), {}):
+        assert shapes(**impls) == ref
+
+
+def test_auto_picks_by_backend(monkeypatch):
+    assert jax.default_backend() == "cpu"  # the test suite runs on CPU
+    assert mobilenet_v2.resolve_depthwise_impl("auto") == "shifts"
+    assert mobilenet_v2.resolve_pointwise_impl("auto") == "matmul"
+    assert mobilenet_v2.resolve_depthwise_impl("lax") == "lax"
+    assert mobilenet_v2.resolve_pointwise_impl("conv") == "conv"
+    monkeypatch.setattr(mobilenet_v2.jax, "default_backend", lambda: "gpu")
+    assert mobilenet_v2.resolve_depthwise_impl("auto") == "lax"
+    assert mobilenet_v2.resolve_pointwise_impl("auto") == "conv"
+    assert mobilenet_v2.resolve_depthwise_impl("shifts") == "shifts"
+
+
+def test_unknown_impl_is_user_error():
+    x = jnp.zeros((1, 32, 32, 3))
+    with pytest.raises(AnoUnetError, match="depthwise_impl"):
+        jax.eval_shape(lambda: MobileNetV2(depthwise_impl="fft").init(jax.random.key(0), x))
+    with pytest.raises(AnoUnetError, match="pointwise_impl"):
+        jax.eval_shape(lambda: MobileNetV2(pointwise_impl="fft").init(jax.random.key(0), x))
+
+
+def test_bfloat16_gradients_keep_param_dtypes():
+    model = MobileNetV2(alpha=0.35, dtype=jnp.bfloat16, **CPU_FRIENDLY)
+    x = jnp.full((2, 32, 32, 3), 0.5, jnp.float32)
+    v = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+
+    def loss(params, batch_stats):
+        f, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                           mutable=["batch_stats"])
+        return jnp.sum(f)
+
+    grads = jax.eval_shape(jax.grad(loss), v["params"], v["batch_stats"])
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), grads) == jax.tree.map(
+        lambda a: (a.shape, a.dtype), v["params"])
