@@ -209,7 +209,7 @@ def _compare(got, want, rel, atol):
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["inference", "train"])
-@pytest.mark.parametrize("size", [64, 96])
+@pytest.mark.parametrize("size", [64, pytest.param(96, marks=pytest.mark.slow)])
 def test_cpu_friendly_impls_same_maths_float64(variables_96, size, train):
     """In float64 the two formulations agree to ~1e-12: the same maths, not just close numbers."""
     with jax.enable_x64(True):
