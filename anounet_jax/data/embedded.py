@@ -189,7 +189,7 @@ def load_reference(category: str, image_size: int, n_per_class: int, seed: int =
             scales = image_size / NATIVE_PATCH * np.array([0.5, 1.0, 2.0])
             per = np.array_split(np.arange(n_per_class), len(scales))
             x = np.concatenate([_patches(_rescaled(raw, max(s, image_size / min(raw.shape[:2]) + 1e-3)),
-                                         len(p), image_size, rng) for s, p in zip(scales, per)])
+                                         len(p), image_size, rng) for s, p in zip(scales, per) if len(p)])
         images.append(x)
         labels += [label] * n_per_class
         ids += [f"reference/{name}/{i:04d}" for i in range(n_per_class)]
