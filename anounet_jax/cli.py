@@ -13,7 +13,7 @@ def _add_common(p: argparse.ArgumentParser, default_preset: str = "small") -> No
     p.add_argument("--preset", default=default_preset, help="paper | small | tiny (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--formulation", default="auto",
-                   help="engine formulation: auto | vmap_matmul | vmap_conv | unrolled | loop")
+                   help="engine formulation: auto | measure | vmap_matmul | vmap_conv | unrolled | loop")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from anounet_jax.engine.devices import split_cpu_into_devices
+
+    split_cpu_into_devices()  # one CPU device per core (no-op once JAX has started, e.g. in tests)
     try:
         return args.func(args)
     except AnoUnetError as e:

@@ -252,10 +252,10 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
         t0 = time.perf_counter()
         log(f"{name}: training and maps")
         if name == "ano-unet":
-            from anounet_jax.engine.fit import Engine
+            from anounet_jax.engine.fit import build_engine
 
             fit_cfg = dataclasses.replace(preset.fit, smoothing_sigma=0.0)  # smoothed below, once
-            engine = Engine(preset.unet, fit_cfg, fnet, center, formulation=formulation)
+            engine = build_engine(preset.unet, fit_cfg, fnet, center, preset.image_size, formulation)
             engine_formulation = engine.formulation
             res = engine.fit(test.images, seed=seed, progress=progress)
             raw, score, diverged = res.heatmap, None, res.diverged

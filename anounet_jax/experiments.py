@@ -191,7 +191,7 @@ def run_experiment(preset: Preset, train: ImageSet, reference: ImageSet | None, 
     and C are used as they are, ``reference`` may then be None. The image scorers are always fitted
     on the features of ``train``.
     """
-    from anounet_jax.engine.fit import Engine, FitResult
+    from anounet_jax.engine.fit import FitResult, build_engine
     from anounet_jax.fnet.scores import DistanceScorer, LOFScorer
     from anounet_jax.metrics import image_auroc
     from anounet_jax.pipeline import evaluate_maps, image_scores, write_panels
@@ -225,7 +225,7 @@ def run_experiment(preset: Preset, train: ImageSet, reference: ImageSet | None, 
     fit = preset.fit
     log(f"Ano-Unet: {len(test)} test images ({int(test.labels.sum())} anomalous), beta {fit.beta:g}, "
         f"{fit.steps} steps, {fit.optimizer} lr {fit.lr:g}")
-    engine = Engine(preset.unet, fit, fnet, center, formulation=formulation)
+    engine = build_engine(preset.unet, fit, fnet, center, preset.image_size, formulation)
     result = engine.fit(test.images, seed=seed, progress=progress)
     t2 = time.perf_counter()
 

@@ -12,7 +12,7 @@ import numpy as np
 from anounet_jax.config import Preset
 from anounet_jax.data.embedded import load_embedded
 from anounet_jax.data.types import ImageSet
-from anounet_jax.engine.fit import Engine, FitResult
+from anounet_jax.engine.fit import FitResult, build_engine
 from anounet_jax.fnet.model import FrozenFNet, compute_center
 from anounet_jax.fnet.train import train_fnet
 from anounet_jax.maps import overlay, save_panel
@@ -82,7 +82,7 @@ def run_demo(preset: Preset, out_dir, seed: int = 0, formulation: str = "auto",
     t1 = time.perf_counter()
     trained = fit_fnet_and_center(preset, data["train"], data["reference"], seed, progress)
     t2 = time.perf_counter()
-    engine = Engine(preset.unet, preset.fit, trained.fnet, trained.center, formulation=formulation)
+    engine = build_engine(preset.unet, preset.fit, trained.fnet, trained.center, preset.image_size, formulation)
     test = data["test"]
     result = engine.fit(test.images, seed=seed, progress=progress)
     t3 = time.perf_counter()

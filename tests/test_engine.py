@@ -57,7 +57,7 @@ def test_same_seed_same_result_other_seed_other_result(random_fnet):
     assert np.abs(a.heatmap - c.heatmap).max() > 1e-3
 
 
-@pytest.mark.parametrize("formulation", ["vmap_matmul", "loop"])
+@pytest.mark.parametrize("formulation", ["vmap_matmul", "unrolled", "loop"])
 def test_nan_image_is_flagged_and_leaves_the_others_unchanged(random_fnet, formulation):
     x = _images(4)
     clean = _engine(random_fnet, formulation).fit(x, seed=0)
@@ -106,3 +106,22 @@ def test_planted_defects_are_hotter_inside_their_masks(tiny_data, tiny_trained):
     outside = np.array([res.heatmap[i][~test.masks[i]].mean() for i in defective])
     assert np.mean(inside > outside) >= 0.75, (inside, outside)
     assert inside.mean() > 1.5 * outside.mean()
+
+
+def test_measure_picks_the_fastest_candidate_and_remembers_it(random_fnet):
+    from anounet_jax.engine.fit import build_engine, measure_formulation, resolve_formulation
+
+    fit = tiny_fit(steps=3)
+    center = np.full(8, 0.1, np.float32)
+    best, timings = measure_formulation(TINY.unet, fit, random_fnet, center, (32, 32, 3),
+                                        candidates=("loop", "vmap_matmul"), chunk_size=2)
+    assert set(timings) == {"loop", "vmap_matmul"} and all(np.isfinite(t) and t >= 0 for t in timings.values())
+    assert best == min(timings, key=timings.get)
+    again = measure_formulation(TINY.unet, fit, random_fnet, center, (32, 32, 3),
+                                candidates=("loop", "vmap_matmul"), chunk_size=2)
+    assert again == (best, timings)  # cached: not timed twice
+    with pytest.raises(AnoUnetError, match="image shape"):
+        resolve_formulation("measure")
+    # on CPU the candidates are ("loop", "vmap_matmul"): the choice above is reused
+    eng = build_engine(TINY.unet, fit, random_fnet, center, 32, "measure", chunk_size=2)
+    assert eng.formulation == best

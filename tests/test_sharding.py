@@ -27,11 +27,19 @@ SCRIPT = textwrap.dedent("""
         out[name] = r.heatmap.tolist()
         out[name + "_chunk"] = eng.chunk_size
         out[name + "_mesh"] = int(eng.mesh.devices.size)
+    for name, devs in (("loop_2dev", jax.devices()), ("loop_1dev", jax.devices()[:1])):
+        eng = Engine(TINY.unet, fit, fnet, c, formulation="loop", devices=devs)
+        out[name] = eng.fit(x, seed=0).heatmap.tolist()
+        out[name + "_meshes"] = len(eng.meshes)
+    from anounet_jax.engine.devices import split_cpu_into_devices
+    out["split_after_start"] = split_cpu_into_devices(4)  # too late: refused, nothing changes
+    out["devices_after"] = jax.device_count()
     json.dump(out, sys.stdout)
 """)
 
 
 def test_sharded_fit_equals_single_device():
+    """vmap formulations shard a chunk over the devices; loop fits one image per device at a time."""
     import numpy as np
 
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
@@ -41,3 +49,18 @@ def test_sharded_fit_equals_single_device():
     out = json.loads(proc.stdout)
     assert out["sharded_mesh"] == 2 and out["single_mesh"] == 1
     np.testing.assert_allclose(np.array(out["sharded"]), np.array(out["single"]), atol=1e-4)
+    assert out["loop_2dev_meshes"] == 2 and out["loop_1dev_meshes"] == 1
+    # the same program for each image, only on another device: bitwise the same
+    np.testing.assert_array_equal(np.array(out["loop_2dev"]), np.array(out["loop_1dev"]))
+    assert out["split_after_start"] is False and out["devices_after"] == 2
+
+
+def test_cli_splits_the_cpu_into_one_device_per_core():
+    code = ("import jax; from anounet_jax.engine.devices import split_cpu_into_devices; "
+            "assert split_cpu_into_devices(); print(jax.device_count())")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    for extra, want in (({}, len(os.sched_getaffinity(0))), ({"ANOUNET_CPU_DEVICES": "3"}, 3)):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=dict(env, JAX_PLATFORMS="cpu", **extra), timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert int(proc.stdout.strip().splitlines()[-1]) == want

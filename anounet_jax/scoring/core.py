@@ -126,10 +126,10 @@ class ScoringModel:
     @property
     def engine(self):
         if self._engine is None:
-            from anounet_jax.engine.fit import Engine
+            from anounet_jax.engine.fit import build_engine
 
-            self._engine = Engine(self.preset.unet, self.preset.fit, self.fnet, self.checkpoint.center,
-                                  formulation=self.formulation)
+            self._engine = build_engine(self.preset.unet, self.preset.fit, self.fnet, self.checkpoint.center,
+                                        self.preset.image_size, self.formulation)
         return self._engine
 
     def features(self, images: np.ndarray) -> np.ndarray:
