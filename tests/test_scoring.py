@@ -19,7 +19,6 @@ from anounet_jax.data.embedded import load_test
 from anounet_jax.scoring.job import read_scores_csv
 from tests.test_report import check_self_contained
 
-pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -133,7 +132,7 @@ REF_ARGS = ("--chunk-size", "2", "--threshold")
 def _tree(out: Path) -> dict:
     """Relative path -> bytes of every result file (not the lock)."""
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
+            if p.is_file() and not p.name.startswith(".lock")}
 
 
 def test_flagged_only_maps_and_outputs(reference, images, threshold):
@@ -180,6 +179,41 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, jax_cache, ckp
     got, want = _tree(out), _tree(reference)
     assert sorted(got) == sorted(want)
     for name in want:  # scores.csv, maps, overlays, report, summary, manifest, part files
+        assert got[name] == want[name], name
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_share_the_job_and_match_one(tmp_path, jax_cache, ckpt, images, threshold, reference):
+    """`anounet score --coordinator ... --num-processes 2` (jax.distributed on CPU): each process takes
+    every other chunk; the outputs are the bytes of the one-process run."""
+    out = tmp_path / "out"
+    port = _free_port()
+    logs, procs = [], []
+    for pid in (0, 1):
+        logs.append(open(tmp_path / f"p{pid}.log", "w"))
+        cmd = [sys.executable, "-m", "anounet_jax.cli",
+               *_score_args(images, ckpt[0], out, *REF_ARGS, str(threshold)),
+               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(pid)]
+        procs.append(subprocess.Popen(cmd, env=jax_cache, stdout=logs[-1], stderr=logs[-1]))
+    try:
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+        for f in logs:
+            f.close()
+    assert codes == [0, 0], [(tmp_path / f"p{i}.log").read_text()[-2000:] for i in (0, 1)]
+    assert {p.name for p in out.glob(".lock*")} == {".lock-0", ".lock-1"}
+    got, want = _tree(out), _tree(reference)
+    assert sorted(got) == sorted(want)
+    for name in want:
         assert got[name] == want[name], name
 
 

@@ -20,6 +20,10 @@ def cmd_train_fnet(args) -> int:
 
 
 def cmd_score(args) -> int:
+    if args.distributed or args.coordinator:
+        from anounet_jax.distributed import initialize
+
+        initialize(args.coordinator, args.num_processes, args.process_id)
     from anounet_jax.scoring.job import run_score_job
 
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
@@ -72,7 +76,14 @@ def register(sub) -> None:
                    help="images per committed chunk (default: 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--formulation", default="auto",
-                   help="engine formulation: auto | vmap_matmul | vmap_conv | unrolled | loop")
+                   help="engine formulation: auto | measure | vmap_matmul | vmap_conv | unrolled | loop")
     p.add_argument("--recursive", action="store_true", help="also take images from subfolders")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("multi-host (every process runs the same command; OUT on a shared file system)")
+    g.add_argument("--distributed", action="store_true",
+                   help="join a multi-process job; without the options below, JAX reads the cluster's "
+                        "environment (SLURM, Open MPI, Cloud TPU)")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address")
+    g.add_argument("--num-processes", type=int, default=None)
+    g.add_argument("--process-id", type=int, default=None)
     p.set_defaults(func=cmd_score)

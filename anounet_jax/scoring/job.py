@@ -138,10 +138,10 @@ class JobSummary:
         return self.processed_images / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _lock(out: Path):
+def _lock(out: Path, name: str = ".lock"):
     import fcntl
 
-    f = open(out / ".lock", "w")
+    f = open(out / name, "w")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -216,9 +216,15 @@ def run_score_job(inputs, checkpoint, out, *, preset=None, visualize: str = "fla
 
     Returns a JobSummary (counts; exit_code 1 if any image failed). AnoUnetError for a missing or
     unreadable checkpoint or input folder, or an output folder holding a different job.
+
+    Multi-process (after `anounet_jax.distributed.initialize()`, every process running this with the
+    same arguments and `out` on a shared file system): process p does the chunks k with k % P == p,
+    then all wait at a barrier and process 0 writes scores.csv, summary.json and the report. Outputs
+    are the same bytes as a one-process run; a killed process's chunks are redone by rerunning.
     """
     from tqdm.auto import tqdm
 
+    from anounet_jax import distributed
     from anounet_jax.scoring.report import write_report
 
     t0 = time.perf_counter()
@@ -234,12 +240,17 @@ def run_score_job(inputs, checkpoint, out, *, preset=None, visualize: str = "fla
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise AnoUnetError(f"cannot create the output folder ({e})", out) from None
-    lock = _lock(out)
+    pidx, pcount = distributed.process_index(), distributed.process_count()
+    lock = _lock(out, ".lock" if pcount == 1 else f".lock-{pidx}")
     try:
-        if (out / MANIFEST).exists():
+        if pidx == 0:
+            if (out / MANIFEST).exists():
+                _check_manifest(out, manifest)
+            else:
+                atomic_write(out / MANIFEST, json.dumps(manifest, indent=2).encode())
+        distributed.barrier("anounet-score-manifest")
+        if pidx != 0:
             _check_manifest(out, manifest)
-        else:
-            atomic_write(out / MANIFEST, json.dumps(manifest, indent=2).encode())
 
         n = len(source)
         n_chunks = math.ceil(n / chunk_size)
@@ -248,12 +259,15 @@ def run_score_job(inputs, checkpoint, out, *, preset=None, visualize: str = "fla
         for k, (lo, hi) in enumerate(bounds):
             if _part_path(out, k).exists():
                 rows[k] = _read_part(_part_path(out, k), lo, hi)
-        pending = [k for k in range(n_chunks) if rows[k] is None]
-        done = sum(hi - lo for k, (lo, hi) in enumerate(bounds) if rows[k] is not None)
+        mine = distributed.owned_chunks(n_chunks, pidx, pcount)
+        pending = [k for k in mine if rows[k] is None]
+        total = sum(bounds[k][1] - bounds[k][0] for k in mine)
+        done = total - sum(bounds[k][1] - bounds[k][0] for k in pending)
         if done and pending:
-            log(f"resuming: {done} of {n} images already done in {out}")
+            log(f"resuming: {done} of {total} images already done in {out}")
+        desc = "score" if pcount == 1 else f"score [process {pidx}/{pcount}]"
         t_start = time.perf_counter()
-        with tqdm(total=n, initial=done, unit="img", desc="score", disable=not progress,
+        with tqdm(total=total, initial=done, unit="img", desc=desc, disable=not progress,
                   dynamic_ncols=True) as bar, ThreadPoolExecutor(max_workers=1) as reader:
             # decode the next chunk while this one is scored and fitted
             future = reader.submit(source.chunk, *bounds[pending[0]]) if pending else None
@@ -269,12 +283,20 @@ def run_score_job(inputs, checkpoint, out, *, preset=None, visualize: str = "fla
                 atomic_write(_part_path(out, k), json.dumps(part).encode())
                 bar.update(hi - lo)
         seconds = time.perf_counter() - t_start
-        processed = n - done
+        processed = total - done
+        distributed.barrier("anounet-score-done")
+        for k, (lo, hi) in enumerate(bounds):  # the other processes' chunks
+            if rows[k] is None:
+                rows[k] = _read_part(_part_path(out, k), lo, hi)
+                if rows[k] is None:
+                    raise AnoUnetError(f"chunk {k} (images {lo}..{hi - 1}) has no complete part file "
+                                       f"after every process finished; rerun the job", out)
         all_rows = [r for part in rows for r in part]
         counts = count_rows(all_rows)
-        atomic_write(out / "scores.csv", csv_text(all_rows).encode())
-        atomic_write(out / "summary.json", json.dumps(counts, indent=2).encode())
-        write_report(out, all_rows, manifest, counts)
+        if pidx == 0:
+            atomic_write(out / "scores.csv", csv_text(all_rows).encode())
+            atomic_write(out / "summary.json", json.dumps(counts, indent=2).encode())
+            write_report(out, all_rows, manifest, counts)
         return JobSummary(out, counts, done, processed, seconds if processed else time.perf_counter() - t0)
     finally:
         lock.close()
