@@ -314,6 +314,7 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
         "panels": n_panels,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "backend": jax.default_backend(),
+        "devices": jax.local_device_count(),
         "jax": jax.__version__,
         "machine": machine_description(),
         "preset_config": preset.to_dict(),

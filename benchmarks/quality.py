@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/quality", help="panels, metrics.json, metrics.md")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
+    from anounet_jax.engine.devices import split_cpu_into_devices
+
+    split_cpu_into_devices()  # as `anounet` does: one CPU device per core
     try:
         preset = get_preset(args.preset)
         if args.category:

@@ -1,12 +1,18 @@
 """Throughput of the batched per-image engine against a per-image loop and the shared-weight ceiling.
 
-    python benchmarks/throughput.py [--preset small] [--images 16] [--steps 100] [--quick]
+    python benchmarks/throughput.py [--preset small] [--images 16] [--steps 100] [--cpu-devices N] [--quick]
 
 Prints a table and one JSON object. All numbers come from one process on one machine:
   - per formulation: images/s and ms per image-step for fitting `--images` images for `--steps` steps
-    (compilation excluded: a warm-up fit runs first);
+    (compilation excluded: a warm-up fit runs first). The vmap formulations shard the images over all
+    devices; with more than one device they are also timed on one ("...@1dev"). "loop" (the original's
+    structure: one image at a time, one device) is the baseline; "loop_per_device" runs one image per
+    device at a time. "unrolled" runs on one device. On CPU the host is split into one JAX
+    device per core (--cpu-devices, default: every core; what `anounet` does, see
+    anounet_jax/engine/devices.py);
   - "shared_weight_ceiling": one U-Net shared by the whole chunk (the same arithmetic per image-step
-    with one weight set; what a per-image engine can at best approach);
+    with one weight set; what a per-image engine can at best approach), data-parallel over the same
+    devices as the engine (gradients all-reduced), and on one device ("...@1dev");
   - achieved GFLOP/s from XLA's cost analysis of one step, against a float32 matmul measured here;
   - peak resident memory of the process (ru_maxrss).
 `--quick` is a smoke run for CI (tiny sizes, no claims).
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import sys
 import time
@@ -48,10 +55,12 @@ def make_fnet(preset, image_size):
     return FrozenFNet.from_module(module, variables)
 
 
-def time_engine(preset, fnet, center, images, formulation, steps):
+def time_engine(preset, fnet, center, images, formulation, steps, devices):
     fit = dataclasses.replace(preset.fit, steps=steps, smoothing_sigma=0.0)
-    eng = Engine(preset.unet, fit, fnet, center, formulation=formulation, chunk_size=len(images))
-    eng.fit(images)  # compile
+    kw = dict(formulation=formulation, chunk_size=len(images), devices=devices)
+    warm = dataclasses.replace(fit, steps=1)  # compiles the same functions (steps are a Python loop)
+    Engine(preset.unet, warm, fnet, center, **kw).fit(images)
+    eng = Engine(preset.unet, fit, fnet, center, **kw)
     t = time.perf_counter()
     eng.fit(images)
     return time.perf_counter() - t, eng
@@ -67,12 +76,17 @@ def step_flops(eng, images, fnet):
     return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def time_shared_ceiling(preset, fnet, center, images, steps):
-    """One weight set for the whole batch: same per-image loss and arithmetic, one set of weights."""
+def time_shared_ceiling(preset, fnet, center, images, steps, devices):
+    """One weight set for the whole batch: same per-image loss and arithmetic, one set of weights.
+    The batch is split over `devices` (data parallel: XLA all-reduces the gradient)."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    mesh = Mesh(np.array(devices), ("images",))
     unet = unet_from_config(preset.unet)
     tx = make_optimizer(preset.fit, preset.unet)
-    x = jnp.asarray(images)
+    x = jax.device_put(jnp.asarray(images), NamedSharding(mesh, P("images")))
     params = unet.init(jax.random.PRNGKey(0), x[:1])["params"]
+    params = jax.device_put(params, NamedSharding(mesh, P()))
     opt = tx.init(params)
     beta = preset.fit.beta
 
@@ -98,14 +112,27 @@ def time_shared_ceiling(preset, fnet, center, images, steps):
     return time.perf_counter() - t
 
 
+def _record(out, name, img_s, ms, gflops, n_devices):
+    out["results"][name] = {"images_per_s": img_s, "ms_per_image_step": ms, "devices": n_devices}
+    if gflops is not None:
+        out["results"][name]["gflops"] = gflops
+    print(f"{name:>28}: {img_s:8.3f} img/s  {ms:8.2f} ms/image-step  "
+          + (f"{gflops:7.1f} GFLOP/s" if gflops is not None else ""), file=sys.stderr, flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--steps", type=int, default=None, help="default: the preset's steps")
     ap.add_argument("--formulations", default=",".join(FORMULATIONS))
+    ap.add_argument("--cpu-devices", type=int, default=None,
+                    help="JAX devices the CPU is split into (default: one per core; 1 = no split)")
     ap.add_argument("--quick", action="store_true", help="CI smoke: tiny preset, 4 images, 2 steps")
     args = ap.parse_args(argv)
+    from anounet_jax.engine.devices import split_cpu_into_devices
+
+    split_cpu_into_devices(args.cpu_devices)  # before any JAX computation
     if args.quick:
         args.preset, args.images, args.steps = "tiny", 4, 2
     preset = get_preset(args.preset)
@@ -114,34 +141,44 @@ def main(argv=None):
     images = np.random.default_rng(0).random((args.images, s, s, 3), dtype=np.float32)
     fnet = make_fnet(preset, s)
     center = fnet.features(images).mean(0)
-    out = {"preset": preset.name, "backend": jax.default_backend(), "device": str(jax.devices()[0]),
-           "devices": jax.device_count(), "images": args.images, "steps": steps,
-           "image_size": s, "unet_width": preset.unet.width, "matmul_gflops": round(matmul_gflops(), 1),
-           "results": {}}
+    devices = jax.local_devices()
+    out = {"preset": preset.name, "backend": jax.default_backend(), "device": str(devices[0]),
+           "device_kind": devices[0].device_kind, "devices": len(devices), "cpu_cores": os.cpu_count(),
+           "images": args.images, "steps": steps, "image_size": s, "unet_width": preset.unet.width,
+           "matmul_gflops": round(matmul_gflops(), 1), "results": {}}
+    runs = []  # (name, formulation, devices)
     for form in args.formulations.split(","):
-        dt, eng = time_engine(preset, fnet, center, images, form, steps)
-        flops = step_flops(eng, images if form != "loop" else images[:1], fnet)
-        per_step_images = args.images if form != "loop" else 1
-        gflops = flops * steps * args.images / per_step_images / dt / 1e9
-        out["results"][form] = {"images_per_s": args.images / dt,
-                                "ms_per_image_step": dt / (args.images * steps) * 1e3,
-                                "gflops": gflops}
-        print(f"{form:>22}: {args.images / dt:8.3f} img/s  {dt / (args.images * steps) * 1e3:8.2f} "
-              f"ms/image-step  {gflops:7.1f} GFLOP/s", file=sys.stderr, flush=True)
-    dt = time_shared_ceiling(preset, fnet, center, images, steps)
-    out["results"]["shared_weight_ceiling"] = {"images_per_s": args.images / dt,
-                                               "ms_per_image_step": dt / (args.images * steps) * 1e3}
+        if form in ("vmap_matmul", "vmap_conv"):
+            runs.append((form, form, devices))
+            if len(devices) > 1:
+                runs.append((f"{form}@1dev", form, devices[:1]))
+        else:  # "loop" on one device is the baseline: the original's structure
+            runs.append((form, form, devices[:1]))
+            if form == "loop" and len(devices) > 1:
+                runs.append(("loop_per_device", form, devices))
+    for name, form, devs in runs:
+        dt, _ = time_engine(preset, fnet, center, images, form, steps, devs)
+        # XLA's flop count of one image-step, from the one-device program (same arithmetic)
+        one = Engine(preset.unet, preset.fit, fnet, center, formulation=form, chunk_size=len(images),
+                     devices=devices[:1])
+        n_step = 1 if form == "loop" else args.images
+        gflops = step_flops(one, images[:n_step], fnet) / n_step * steps * args.images / dt / 1e9
+        _record(out, name, args.images / dt, dt / (args.images * steps) * 1e3, gflops, len(devs))
+    for name, devs in [("shared_weight_ceiling", devices)] + (
+            [("shared_weight_ceiling@1dev", devices[:1])] if len(devices) > 1 else []):
+        dt = time_shared_ceiling(preset, fnet, center, images, steps, devs)
+        _record(out, name, args.images / dt, dt / (args.images * steps) * 1e3, None, len(devs))
     loop = out["results"].get("loop", {}).get("images_per_s")
-    ceil = args.images / dt
+    ceil = out["results"]["shared_weight_ceiling"]["images_per_s"]
     for r in out["results"].values():
         if loop:
             r["vs_loop"] = r["images_per_s"] / loop
         r["vs_ceiling"] = r["images_per_s"] / ceil
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("| mode | images/s | ms / image-step | x loop | x ceiling |", file=sys.stderr)
-    print("|---|---|---|---|---|", file=sys.stderr)
+    print("| mode | devices | images/s | ms / image-step | x loop | x ceiling |", file=sys.stderr)
+    print("|---|---|---|---|---|---|", file=sys.stderr)
     for k, r in out["results"].items():
-        print(f"| {k} | {r['images_per_s']:.3f} | {r['ms_per_image_step']:.2f} | "
+        print(f"| {k} | {r['devices']} | {r['images_per_s']:.3f} | {r['ms_per_image_step']:.2f} | "
               f"{r.get('vs_loop', float('nan')):.2f} | {r['vs_ceiling']:.2f} |", file=sys.stderr)
     print(json.dumps(out, indent=2))
     return out

@@ -37,6 +37,9 @@ def main(argv=None):
     ap.add_argument("--opts", default=None, help="e.g. adam:1e-2,sgd:1e-2")
     ap.add_argument("--steps", default=None, help="e.g. 50,100")
     args = ap.parse_args(argv)
+    from anounet_jax.engine.devices import split_cpu_into_devices
+
+    split_cpu_into_devices()  # as `anounet` does: one CPU device per core
     preset = get_preset(args.preset)
     preset = preset.replace(data={"category": args.category, "n_test_good": args.n_test // 3,
                                   "n_test_defect": args.n_test - args.n_test // 3})

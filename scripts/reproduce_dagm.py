@@ -63,6 +63,9 @@ def preset_from_args(args):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from anounet_jax.engine.devices import split_cpu_into_devices
+
+    split_cpu_into_devices()  # as `anounet` does: one CPU device per core
     from anounet_jax.errors import AnoUnetError
     from anounet_jax.experiments import run_dagm
 

@@ -114,14 +114,14 @@ def test_measure_picks_the_fastest_candidate_and_remembers_it(random_fnet):
     fit = tiny_fit(steps=3)
     center = np.full(8, 0.1, np.float32)
     best, timings = measure_formulation(TINY.unet, fit, random_fnet, center, (32, 32, 3),
-                                        candidates=("loop", "vmap_matmul"), chunk_size=2)
+                                        candidates=("loop", "vmap_matmul"), chunk_size=4)
     assert set(timings) == {"loop", "vmap_matmul"} and all(np.isfinite(t) and t >= 0 for t in timings.values())
     assert best == min(timings, key=timings.get)
     again = measure_formulation(TINY.unet, fit, random_fnet, center, (32, 32, 3),
-                                candidates=("loop", "vmap_matmul"), chunk_size=2)
+                                candidates=("loop", "vmap_matmul"), chunk_size=4)
     assert again == (best, timings)  # cached: not timed twice
     with pytest.raises(AnoUnetError, match="image shape"):
         resolve_formulation("measure")
     # on CPU the candidates are ("loop", "vmap_matmul"): the choice above is reused
-    eng = build_engine(TINY.unet, fit, random_fnet, center, 32, "measure", chunk_size=2)
+    eng = build_engine(TINY.unet, fit, random_fnet, center, 32, "measure", chunk_size=4)
     assert eng.formulation == best
