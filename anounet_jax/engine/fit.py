@@ -109,8 +109,9 @@ class Engine:
     step would take more than half the device's free memory (measured by XLA's memory analysis at the
     first fit; see engine/memory.py). An explicit value is used as given.
     devices: default all local devices. vmap formulations shard each chunk's image axis over them;
-    loop fits one image per device at a time; unrolled uses the first. compute_dtype: jnp.bfloat16 runs the U-Net's convs in bfloat16 on accelerators; parameters,
-    optimizer state, normalization statistics and losses stay float32.
+    loop fits one image per device at a time; unrolled uses the first.
+    compute_dtype: jnp.bfloat16 runs the U-Net's convs in bfloat16 (for accelerators); parameters,
+    optimizer state, normalization statistics, losses and the f-Net stay float32.
     """
 
     def __init__(self, unet_cfg, fit_cfg, fnet: FrozenFNet, center, *, formulation: str = "auto",
@@ -261,8 +262,9 @@ class Engine:
         keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(indices, jnp.uint32))
         if self.formulation == "loop":  # one image per device at a time
             m = len(self.meshes)
-            outs = [o for g in range(0, n, m)
-                    for o in self._fit_batches([(images[i:i + 1], keys[i:i + 1]) for i in range(g, min(g + m, n))])]
+            outs = []
+            for g in range(0, n, m):
+                outs += self._fit_batches([(images[i:i + 1], keys[i:i + 1]) for i in range(g, min(g + m, n))])
             recon, l_r, l_c = (np.concatenate([np.asarray(o[k]) for o in outs]) for k in range(3))
         else:
             pad = chunk - n  # fixed shapes: one compilation for every chunk
