@@ -12,11 +12,12 @@ reconstructions as one batch.
 Formulations (same numbers, different arithmetic; chosen per backend, see FORMULATIONS):
   "vmap_matmul" -- vmap over per-image params; 3x3 convs as im2col @ kernel -> batched matmuls.
   "vmap_conv"   -- vmap over per-image params with library convs -> grouped convolutions.
-  "unrolled"    -- the chunk's U-Nets unrolled inside one jitted step, each a batch-1 library conv.
+  "unrolled"    -- the chunk's U-Nets unrolled inside one jitted step, each with batch-1 convs.
   "loop"        -- the original's structure: one image at a time per device, a jitted step per image;
                    with several devices (e.g. one per CPU core, engine/devices.py) they each fit their
                    own image at the same time.
-The vmap formulations shard a chunk's image axis over all the engine's devices.
+The vmap formulations shard a chunk's image axis over all the engine's devices. On CPU the batch-1
+programs (unrolled, loop) use the U-Net's "hybrid" convolutions (models/unet.py).
 Steps run as a Python loop of jitted steps with donated buffers; `steps_per_call` > 1 unrolls that many
 steps inside one call (fewer dispatches on accelerators). lax.scan is avoided: XLA:CPU does not rewrite
 convs inside loop bodies to its fast path (jax #12868).
@@ -125,10 +126,13 @@ class Engine:
         if fit_cfg.steps % self.steps_per_call:
             raise AnoUnetError(f"steps ({fit_cfg.steps}) must be a multiple of steps_per_call "
                                f"({self.steps_per_call})")
-        conv_impl = "matmul" if self.formulation == "vmap_matmul" else "lax"
+        devices = list(devices) if devices is not None else jax.local_devices()
+        # loop/unrolled run batch-1 convs: on CPU "hybrid" picks per layer what XLA:CPU runs fastest
+        # there (models/unet.py); accelerators keep their library convs
+        batch1 = "hybrid" if devices[0].platform == "cpu" else "lax"
+        conv_impl = {"vmap_matmul": "matmul", "vmap_conv": "lax"}.get(self.formulation, batch1)
         self.unet = unet_from_config(unet_cfg, conv_impl=conv_impl, dtype=compute_dtype)
         self.tx = make_optimizer(fit_cfg, unet_cfg)
-        devices = list(devices) if devices is not None else jax.local_devices()
         if self.formulation == "unrolled":
             devices = devices[:1]
         # vmap formulations: one mesh, the chunk's image axis sharded over it. loop: one mesh per

@@ -5,11 +5,18 @@ bottleneck, 2x2 max-pool down, 2x2 stride-2 transposed conv up, skip concatenati
 channels, sigmoid.
 
 `conv_impl` chooses how convolutions are computed, not what they compute:
-  "lax"    -- lax.conv_general_dilated (the library conv path);
-  "matmul" -- 3x3 convs as im2col (nine shifted slices) times the kernel. Under `jax.vmap` over
-              per-image parameters this becomes a batched matmul instead of a grouped convolution,
-              which XLA:CPU runs far faster (see DESIGN.md).
-Both give the same numbers up to float rounding (tested).
+  "lax"     -- lax.conv_general_dilated (the library conv path);
+  "matmul"  -- 3x3 convs as im2col (nine shifted slices) times the kernel. Under `jax.vmap` over
+               per-image parameters this becomes a batched matmul instead of a grouped convolution,
+               which XLA:CPU runs far faster (see DESIGN.md);
+  "swapped" -- library convs whose kernel gradient is one forward convolution with batch and channels
+               swapped: at batch 1, XLA:CPU's own kernel-gradient convolution is up to 7x slower
+               (64x64x16->16: 2.8 ms against 0.4 ms);
+  "hybrid"  -- per layer what is fastest for ONE image on XLA:CPU (measured layer by layer): "matmul"
+               at 8x8 pixels and below, "swapped" above (plain "lax" when the batch is larger), and
+               matmul up-convolutions (XLA:CPU's transposed conv backward is 3-10x slower). Meant for
+               batch-1 programs (the loop formulation), not under vmap.
+All give the same numbers up to float rounding (tested). `upconv_impl` overrides the up-convolutions.
 
 BatchNorm: G only ever sees the one image it is fitted to (batch 1, as in the original), so it
 normalizes with that image's own statistics over H and W, in training and when the final
@@ -41,6 +48,44 @@ def im2col_3x3(x):
     return jnp.concatenate([xp[:, dy:dy + h, dx:dx + w, :] for dy in range(3) for dx in range(3)], -1)
 
 
+def _conv_same(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _kernel_grad_swapped(x, g):
+    """d(conv)/d(kernel) as ONE forward convolution with batch and channels swapped: the padded input
+    (C, H+2, W+2, N) correlated with the output gradient (H, W, N, O) gives (C, 3, 3, O). Same sums as
+    XLA's own kernel-gradient convolution, which XLA:CPU runs several times slower at batch 1."""
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).transpose(3, 1, 2, 0)
+    dk = jax.lax.conv_general_dilated(xp, g.transpose(1, 2, 0, 3), (1, 1), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return dk.transpose(1, 2, 0, 3)
+
+
+@jax.custom_vjp
+def conv3x3_swapped_grad(x, kernel):
+    """A 'same' 3x3 convolution whose kernel gradient is computed by `_kernel_grad_swapped`."""
+    return _conv_same(x, kernel)
+
+
+def _swapped_fwd(x, kernel):
+    return _conv_same(x, kernel), (x, kernel)
+
+
+def _swapped_bwd(res, g):
+    x, kernel = res
+    dx = jax.vjp(lambda x: _conv_same(x, kernel), x)[1](g)[0]
+    return dx, _kernel_grad_swapped(x, g).astype(kernel.dtype)
+
+
+conv3x3_swapped_grad.defvjp(_swapped_fwd, _swapped_bwd)
+
+CONV_IMPLS = ("lax", "matmul", "hybrid", "swapped")
+
+# "hybrid": where im2col matmuls beat XLA:CPU's convolutions for one image (measured: 8x8 and smaller)
+HYBRID_MATMUL_MAX_PIXELS = 64
+
+
 class Conv3x3(nn.Module):
     features: int
     conv_impl: str = "lax"
@@ -52,11 +97,18 @@ class Conv3x3(nn.Module):
         kernel = self.param("kernel", HE_NORMAL, (3, 3, cin, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        if self.conv_impl == "matmul":
+        impl = self.conv_impl
+        if impl == "hybrid":  # measured per layer shape on XLA:CPU (see the module docstring)
+            if x.shape[1] * x.shape[2] <= HYBRID_MATMUL_MAX_PIXELS:
+                impl = "matmul"
+            else:
+                impl = "swapped" if x.shape[0] == 1 else "lax"
+        if impl == "matmul":
             y = im2col_3x3(x) @ kernel.reshape(9 * cin, self.features)
+        elif impl == "swapped":
+            y = conv3x3_swapped_grad(x, kernel)
         else:
-            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            y = _conv_same(x, kernel)
         return y + bias.astype(self.dtype)
 
 
@@ -122,6 +174,7 @@ class UNet(nn.Module):
     norm: str = "batch"
     out_channels: int = 3
     conv_impl: str = "lax"
+    upconv_impl: str | None = None  # "lax" | "matmul"; default: conv_impl ("hybrid" -> "matmul")
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -131,6 +184,9 @@ class UNet(nn.Module):
         h, w = x.shape[1:3]
         if h % 2 ** self.depth or w % 2 ** self.depth:
             raise AnoUnetError(f"image size {h}x{w} must be divisible by 2**depth = {2 ** self.depth}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise AnoUnetError(f"unknown conv_impl {self.conv_impl!r}; use one of {CONV_IMPLS}")
+        up_impl = self.upconv_impl or ("matmul" if self.conv_impl == "hybrid" else self.conv_impl)
         kw = dict(norm=self.norm, conv_impl=self.conv_impl, dtype=self.dtype)
         skips = []
         for level in range(self.depth):
@@ -141,7 +197,7 @@ class UNet(nn.Module):
         x = ConvBlock(self.width * 2 ** self.depth, name="bottleneck", **kw)(x)
         for level in reversed(range(self.depth)):
             feats = self.width * 2 ** level
-            x = UpConv2x2(feats, self.conv_impl, self.dtype, name=f"upconv{level}")(x)
+            x = UpConv2x2(feats, up_impl, self.dtype, name=f"upconv{level}")(x)
             x = jnp.concatenate([skips[level], x.astype(skips[level].dtype)], -1)
             x = ConvBlock(feats, name=f"up{level}", **kw)(x)
         kernel = self.param("out_kernel", LECUN_NORMAL, (x.shape[-1], self.out_channels))
@@ -150,8 +206,9 @@ class UNet(nn.Module):
         return nn.sigmoid(y)
 
 
-def unet_from_config(cfg, conv_impl: str = "lax", dtype=jnp.float32) -> UNet:
-    return UNet(width=cfg.width, depth=cfg.depth, norm=cfg.norm, conv_impl=conv_impl, dtype=dtype)
+def unet_from_config(cfg, conv_impl: str = "lax", dtype=jnp.float32, upconv_impl: str | None = None) -> UNet:
+    return UNet(width=cfg.width, depth=cfg.depth, norm=cfg.norm, conv_impl=conv_impl,
+                upconv_impl=upconv_impl, dtype=dtype)
 
 
 def init_unet_params(unet: UNet, key, image_shape) -> dict:
