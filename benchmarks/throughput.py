@@ -178,14 +178,15 @@ def main(argv=None):
             runs.append((form, form, devices[:1]))
             if form == "loop" and len(devices) > 1:
                 runs.append(("loop_per_device", form, devices))
-    timers, flops = {}, {}  # compile everything first, then time the modes in interleaved rounds
+    timers, flops, form_flops = {}, {}, {}  # compile everything first, then time the modes in rounds
     for name, form, devs in runs:
         timers[name] = (time_engine(preset, fnet, center, images, form, steps, devs), len(devs))
-        # XLA's flop count of one image-step, from the one-device program (same arithmetic)
-        one = Engine(preset.unet, preset.fit, fnet, center, formulation=form, chunk_size=len(images),
-                     devices=devices[:1])
-        n_step = 1 if form == "loop" else args.images
-        flops[name] = step_flops(one, images[:n_step], fnet) / n_step
+        if form not in form_flops:  # XLA's flop count of one image-step, from the one-device program
+            one = Engine(preset.unet, preset.fit, fnet, center, formulation=form, chunk_size=len(images),
+                         devices=devices[:1])
+            n_step = 1 if form == "loop" else args.images
+            form_flops[form] = step_flops(one, images[:n_step], fnet) / n_step
+        flops[name] = form_flops[form]  # same arithmetic on any number of devices
     for impl_name, impl in ceiling_impls.items():
         for suffix, devs in [("", devices)] + ([("@1dev", devices[:1])] if one_device_too else []):
             timers[f"shared[{impl_name}]{suffix}"] = (
