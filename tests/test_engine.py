@@ -24,7 +24,9 @@ def _engine(fnet, formulation="vmap_matmul", chunk_size=4, **fit):
                   chunk_size=chunk_size)
 
 
-@pytest.mark.parametrize("formulation", ["vmap_matmul", "vmap_conv", "unrolled"])
+# "unrolled" and "loop" fit a chunk image by image inside the step: test_every_formulation_gives_the_
+# same_numbers compares them with the vmap formulations
+@pytest.mark.parametrize("formulation", ["vmap_matmul", "vmap_conv"])
 def test_batched_fit_equals_fitting_each_image_alone(random_fnet, formulation):
     x = _images(5)
     batched = _engine(random_fnet, formulation, chunk_size=4).fit(x, seed=3)  # chunks of 4 + 1 (padded)
@@ -60,10 +62,11 @@ def test_same_seed_same_result_other_seed_other_result(random_fnet):
 @pytest.mark.parametrize("formulation", ["vmap_matmul", "unrolled", "loop"])
 def test_nan_image_is_flagged_and_leaves_the_others_unchanged(random_fnet, formulation):
     x = _images(4)
-    clean = _engine(random_fnet, formulation).fit(x, seed=0)
+    fit = dict(optimizer="sgd", lr=1e-2)  # the configuration compiled for the test above
+    clean = _engine(random_fnet, formulation, **fit).fit(x, seed=0)
     bad = x.copy()
     bad[2, 5, 5, 1] = np.nan
-    dirty = _engine(random_fnet, formulation).fit(bad, seed=0)
+    dirty = _engine(random_fnet, formulation, **fit).fit(bad, seed=0)
     assert dirty.diverged.tolist() == [False, False, True, False]
     assert not clean.diverged.any()
     for i in (0, 1, 3):

@@ -263,7 +263,8 @@ class Engine:
         if n > chunk:
             raise AnoUnetError(f"chunk of {n} images exceeds the chunk size {chunk}")
         base = jax.random.PRNGKey(seed)
-        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(indices, jnp.uint32))
+        # on the host: slicing a device array would queue behind the fits already running there
+        keys = np.asarray(jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(indices, jnp.uint32)))
         if self.formulation == "loop":  # one image per device at a time
             m = len(self.meshes)
             outs = []
@@ -274,7 +275,7 @@ class Engine:
             pad = chunk - n  # fixed shapes: one compilation for every chunk
             if pad:
                 images_p = np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.float32)])
-                keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, 0)])
+                keys = np.concatenate([keys, np.repeat(keys[-1:], pad, 0)])
             else:
                 images_p = images
             recon, l_r, l_c = (np.asarray(a)[:n] for a in self._fit_batches([(images_p, keys)])[0])
