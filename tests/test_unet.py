@@ -5,7 +5,7 @@ import pytest
 
 from anounet_jax import AnoUnetError
 from anounet_jax.config import PAPER, SMALL
-from anounet_jax.models.unet import UNet, UpConv2x2, im2col_3x3, unet_from_config
+from anounet_jax.models.unet import UNet, UpConv2x2, im2col_3x3, init_unet_params, unet_from_config
 
 
 def _count(tree):
@@ -103,3 +103,28 @@ def test_image_size_must_divide_by_two_to_the_depth():
     model = unet_from_config(SMALL.unet)
     with pytest.raises(AnoUnetError, match="divisible"):
         model.init(jax.random.PRNGKey(0), jnp.zeros((1, 40, 40, 3)))
+
+
+def test_init_has_the_modules_distributions_and_the_values_of_one_long_draw():
+    model = UNet(width=8, depth=2)
+    key = jax.random.PRNGKey(4)
+    params = init_unet_params(model, key, (16, 16, 3))
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    n = sum(a.size for _, a in leaves)
+    # the draw is laid out in rows for speed; the values must be those of one long draw (seeded fits
+    # stay as they were), scaled per kernel by He (conv) or LeCun (output) standard deviations
+    z = np.asarray(jax.random.normal(key, (n,), jnp.float32))
+    offset, kernels = 0, 0
+    for path, a in leaves:
+        name, a = path[-1].key, np.asarray(a)
+        if name in ("kernel", "out_kernel"):
+            std = np.sqrt((2.0 if name == "kernel" else 1.0) / np.prod(a.shape[:-1]))
+            np.testing.assert_allclose(a.ravel(), z[offset:offset + a.size] * std, rtol=1e-6)
+            kernels += 1
+        else:
+            assert np.all(a == (1.0 if name == "scale" else 0.0)), jax.tree_util.keystr(path)
+        offset += a.size
+    assert kernels >= 8
+    batched = jax.vmap(lambda k: init_unet_params(model, k, (16, 16, 3)))(key[None])
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(batched)):
+        np.testing.assert_array_equal(a, b[0])
