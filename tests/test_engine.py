@@ -51,6 +51,18 @@ def test_every_formulation_gives_the_same_numbers(random_fnet):
         np.testing.assert_allclose(r.loss_c, ref.loss_c, atol=CROSS_FORMULATION_ATOL, err_msg=f)
 
 
+def test_steps_per_call_unrolls_steps_with_the_same_numbers(random_fnet):
+    x = _images(2)
+    fit = tiny_fit(steps=3, optimizer="sgd", lr=1e-2)  # loop's programs compiled for the test above
+    center = np.full(8, 0.1, np.float32)
+    one = Engine(TINY.unet, fit, random_fnet, center, formulation="loop").fit(x, seed=1)
+    three = Engine(TINY.unet, fit, random_fnet, center, formulation="loop", steps_per_call=3).fit(x, seed=1)
+    np.testing.assert_allclose(three.heatmap, one.heatmap, atol=SAME_FORMULATION_ATOL)
+    np.testing.assert_allclose(three.loss_c, one.loss_c, atol=SAME_FORMULATION_ATOL)
+    with pytest.raises(AnoUnetError, match="multiple of steps_per_call"):
+        Engine(TINY.unet, fit, random_fnet, center, formulation="loop", steps_per_call=2)
+
+
 def test_same_seed_same_result_other_seed_other_result(random_fnet):
     x = _images(3)
     eng = _engine(random_fnet)
