@@ -208,7 +208,10 @@ def _compare(got, want, rel, atol):
         assert err <= tol, f"{jax.tree_util.keystr(path)}: max |difference| {err:.3g} > {tol:.3g}"
 
 
-@pytest.mark.parametrize("train", [False, True], ids=["inference", "train"])
+# Train mode (batch statistics, gradients) is the harder case; inference differs only in which
+# BatchNorm statistics are used, not in the convolutions, and runs with -m slow.
+@pytest.mark.parametrize("train", [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=["inference", "train"])
 @pytest.mark.parametrize("size", [64, pytest.param(96, marks=pytest.mark.slow)])
 def test_cpu_friendly_impls_same_maths_float64(variables_96, size, train):
     """In float64 the two formulations agree to ~1e-12: the same maths, not just close numbers."""
