@@ -164,6 +164,9 @@ def main(argv=None):
     from anounet_jax.engine.devices import split_cpu_into_devices
 
     split_cpu_into_devices(args.cpu_devices)  # before any JAX computation
+    unknown = set(args.ceiling_impls.split(",")) - set(CEILING_IMPLS)
+    if unknown:
+        ap.error(f"unknown --ceiling-impls {sorted(unknown)}; use some of {list(CEILING_IMPLS)}")
     ceiling_impls = {k: CEILING_IMPLS[k] for k in args.ceiling_impls.split(",")}
     if args.quick:  # every code path once, as few compilations as that takes
         args.preset, args.images, args.steps, args.rounds = "tiny", 4, 2, 1
