@@ -24,7 +24,7 @@ bench() {  # name, time limit in s, throughput.py arguments
     --images "$images" --rounds 1 --no-one-device "$@" > "$out/$name.json" 2> "$out/$name.log"
   local rc=$?
   echo "== $name: exit $rc$( ((rc == 124)) && echo ", stopped at its ${limit} s")"
-  grep '^|' "$out/$name.log"
+  grep -E '^(\||round )' "$out/$name.log"
 }
 bench f32_vmap_matmul_loop 180 --formulations vmap_matmul,loop
 bench f32_vmap_conv 120 --formulations vmap_conv --ceiling-impls lax

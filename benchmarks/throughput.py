@@ -214,6 +214,8 @@ def main(argv=None):
     for r in range(args.rounds):
         for name in (list(timers) if r % 2 == 0 else list(timers)[::-1]):
             times[name].append(timers[name][0]())
+            # as it comes, so that a run stopped by a time limit still leaves its timings
+            print(f"round {r + 1}: {name} {times[name][-1]:.2f} s", file=sys.stderr, flush=True)
     out["rounds"] = args.rounds
     for name, (_, n_dev) in timers.items():
         dt = min(times[name])
