@@ -43,6 +43,7 @@ import numpy as np
 from anounet_jax.config import Preset
 from anounet_jax.errors import AnoUnetError
 from anounet_jax.fnet.model import FrozenFNet, build_fnet_module
+from anounet_jax.fnet.weights import check_variables
 from anounet_jax.fnet.scores import DistanceScorer, LOFScorer, scorer_from_state
 
 FORMAT_VERSION = 1
@@ -58,6 +59,13 @@ class Checkpoint:
     scorer: LOFScorer | DistanceScorer
     fingerprint: str
     path: str
+
+    @property
+    def trained(self):
+        """The f-Net stage as a job uses it (`fnet.train.TrainedFNet`), restored instead of trained."""
+        from anounet_jax.fnet.train import TrainedFNet
+
+        return TrainedFNet(self.fnet, self.center, None, [])
 
 
 def _ocp():
@@ -109,27 +117,6 @@ def fingerprint(fnet_variables, center, scorer) -> str:
     return _digest(*_array_tree(fnet_variables, center, scorer))
 
 
-def _check_variables(preset: Preset, variables: dict):
-    """The variables must be those of build_fnet_module(preset.fnet): same tree, same shapes."""
-    module = build_fnet_module(preset.fnet)
-    x = jax.ShapeDtypeStruct((1, preset.image_size, preset.image_size, 3), np.float32)
-    expected = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False), x)
-    expected = {k: v for k, v in flax.core.unfreeze(expected).items() if k in ("params", "batch_stats")}
-    got_shapes = jax.tree.map(np.shape, variables)
-    want_shapes = jax.tree.map(lambda s: tuple(s.shape), expected)
-    got_flat = {jax.tree_util.keystr(k): v for k, v in
-                jax.tree_util.tree_flatten_with_path(got_shapes, is_leaf=lambda t: isinstance(t, tuple))[0]}
-    want_flat = {jax.tree_util.keystr(k): v for k, v in
-                 jax.tree_util.tree_flatten_with_path(want_shapes, is_leaf=lambda t: isinstance(t, tuple))[0]}
-    if got_flat != want_flat:
-        missing = sorted(set(want_flat) - set(got_flat))
-        extra = sorted(set(got_flat) - set(want_flat))
-        shape = sorted(k for k in set(got_flat) & set(want_flat) if got_flat[k] != want_flat[k])
-        raise AnoUnetError(
-            f"f-Net variables do not match the preset's f-Net ({preset.fnet.arch}): "
-            f"missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {shape[:3]}")
-
-
 def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwrite: bool = False) -> str:
     """Save f-Net variables (or a FrozenFNet), C, a fitted scorer and the preset as one checkpoint.
 
@@ -141,7 +128,7 @@ def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwr
         raise AnoUnetError("a checkpoint (or file) already exists here; pass overwrite=True to replace it",
                            path)
     arrays, scorer_scalars = _array_tree(fnet_variables, center, scorer)
-    _check_variables(preset, arrays["fnet"])
+    check_variables(preset.fnet, preset.image_size, arrays["fnet"])
     digest = _digest(arrays, scorer_scalars)
     meta = {"format_version": FORMAT_VERSION, "preset": preset.to_dict(), "scorer": scorer_scalars,
             "fingerprint": digest}

@@ -1,4 +1,9 @@
-"""`anounet ...` command line. User errors (AnoUnetError) print one line and exit 2, no traceback."""
+"""`anounet ...`: one parser for every command. User errors (AnoUnetError, bad arguments) print one
+line and exit 2, no traceback; every argument is checked before the first expensive step.
+
+Settings: `--preset NAME`, then `--config FILE.toml`, then `--set section.field=value` (repeatable);
+every job writes the resolved settings to OUT/config.json (anounet_jax/settings.py).
+"""
 
 from __future__ import annotations
 
@@ -6,71 +11,221 @@ import argparse
 import json
 import sys
 
+from anounet_jax.config import FORMULATION_CHOICES
 from anounet_jax.errors import AnoUnetError
 
+VISUALIZE = ("all", "flagged", "none")
 
-def _add_common(p: argparse.ArgumentParser, default_preset: str = "small") -> None:
-    p.add_argument("--preset", default=default_preset, help="paper | small | tiny (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--formulation", default="auto",
-                   help="engine formulation: auto | measure | vmap_matmul | vmap_conv | unrolled | loop")
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block: "anounet demo: error: argument --seed: ..."
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _settings(p: argparse.ArgumentParser, preset_default: str | None = "small") -> None:
+    from anounet_jax.settings import add_settings_arguments
+
+    help_default = "default: %(default)s" if preset_default else "default: the checkpoint's"
+    p.add_argument("--preset", default=preset_default, help=f"paper | small | tiny ({help_default})")
+    add_settings_arguments(p)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def cmd_demo(args) -> int:
-    from anounet_jax.config import get_preset
-    from anounet_jax.pipeline import run_demo
+def _formulation(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--formulation", choices=FORMULATION_CHOICES, default=None,
+                   help="engine formulation (default: the preset's engine.formulation, 'auto')")
 
-    preset = get_preset(args.preset)
+
+def _resolved(args, base=None):
+    """The preset these arguments describe (base: the preset to start from, default --preset)."""
+    from anounet_jax.settings import resolve_settings
+
+    overrides = list(args.overrides)
+    if getattr(args, "formulation", None):
+        overrides.append(f"engine.formulation={args.formulation}")
+    return resolve_settings(base if base is not None else args.preset, args.config, overrides)
+
+
+def _record(args, preset, out, command: str) -> None:
+    from anounet_jax.settings import load_config_file, run_record, write_run_record
+
+    overrides = (load_config_file(args.config)[1] if args.config else []) + list(args.overrides)
+    write_run_record(out, run_record(preset, command=command, overrides=overrides,
+                                     extra={"argv": sys.argv[1:]}))
+
+
+def _log(args, stream=None):
+    if args.quiet:
+        return lambda *a, **k: None
+    return (lambda *a: print(*a, file=stream)) if stream else print
+
+
+def cmd_demo(args) -> int:
+    from anounet_jax.jobs.common import prepare_out_dir
+    from anounet_jax.jobs.demo import run_demo
+
+    preset = _resolved(args)
     if args.category:
         preset = preset.replace(data={"category": args.category})
-    log = (lambda *a: None) if args.quiet else print
-    m = run_demo(preset, args.out, seed=args.seed, formulation=args.formulation,
-                 progress=not args.quiet, log=log)
+    _record(args, preset, prepare_out_dir(args.out), "demo")
+    m = run_demo(preset, args.out, seed=args.seed, progress=not args.quiet, log=_log(args))
     print(f"image AUROC {m['image_auroc']:.3f}  pixel AUROC {m['pixel_auroc']:.3f}  "
           f"AUPRO {m['aupro']:.3f}  ({m['images']} test images, {m['diverged']} diverged)")
-    print(f"time: {json.dumps(m['seconds'])}; panels and metrics.json in {args.out}")
+    print(f"time: {json.dumps(m['seconds'])}; panels, metrics.json and config.json in {args.out}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from anounet_jax.evaluate import evaluate, markdown_table
+    from anounet_jax.jobs.common import prepare_out_dir
+    from anounet_jax.jobs.evaluate import evaluate, markdown_table
+    from anounet_jax.methods import parse_methods
 
-    m = evaluate(args.data, args.preset, args.methods, args.out, seed=args.seed, progress=not args.quiet,
-                 smoothing=args.smoothing, formulation=args.formulation)
+    methods = parse_methods(args.methods)
+    preset = _resolved(args)
+    m = evaluate(args.data, preset, methods, args.out, seed=args.seed, progress=not args.quiet,
+                 smoothing=args.smoothing)  # checks the data before it creates the output folder
+    _record(args, preset, prepare_out_dir(args.out), "evaluate")
     print(markdown_table(m), end="")
-    print(f"metrics.json, metrics.md and panels/ in {args.out}")
+    print(f"metrics.json, metrics.md, config.json and panels/ in {args.out}")
     return 0
 
 
+def cmd_train_fnet(args) -> int:
+    from anounet_jax.jobs.train_fnet import train_fnet_checkpoint
+
+    preset = _resolved(args)
+    info = train_fnet_checkpoint(args.data, args.out, preset=preset, method=args.method,
+                                 scorer=args.scorer, seed=args.seed, recursive=args.recursive,
+                                 overwrite=args.overwrite, progress=not args.quiet, log=_log(args))
+    print(f"saved {info['path']}: f-Net on {info['normal']} normal + {info['reference']} reference images, "
+          f"{args.scorer} threshold {info['threshold']:.6g}, fingerprint {info['fingerprint'][:12]}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    if args.distributed or args.coordinator:
+        from anounet_jax.engine.distributed import initialize
+
+        initialize(args.coordinator, args.num_processes, args.process_id)
+    from anounet_jax.jobs.score.job import run_score_job
+
+    preset = args.preset
+    if args.overrides or args.config:  # settings apply to the checkpoint's preset unless one is named
+        from anounet_jax.checkpoint import read_checkpoint_info
+        from anounet_jax.config import Preset
+
+        base = preset or Preset.from_dict(read_checkpoint_info(args.ckpt)["preset"])
+        preset = _resolved(args, base)
+    s = run_score_job(args.input, args.ckpt, args.out, preset=preset, visualize=args.visualize,
+                      threshold=args.threshold, chunk_size=args.chunk_size, seed=args.seed,
+                      formulation=args.formulation, recursive=args.recursive, progress=not args.quiet,
+                      log=_log(args, sys.stderr))
+    c = s.counts
+    if s.processed_images:
+        run = (f"{s.processed_images} scored in {s.seconds:.1f} s ({s.images_per_s:.2f} images/s)"
+               + (f", {s.resumed_images} done before" if s.resumed_images else ""))
+    else:
+        run = "all done before, outputs re-assembled"
+    print(f"{c['images']} images: {c['flagged']} flagged, {c['visualized']} with maps, {c['diverged']} "
+          f"diverged, {c['unreadable']} unreadable; {run}")
+    print(f"results: {s.out / 'scores.csv'}, report: {s.out / 'report.html'}")
+    if c["failed"]:
+        print(f"anounet: {c['failed']} image(s) failed (see the status column of scores.csv)", file=sys.stderr)
+    return s.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anounet", description=__doc__)
+    parser = _Parser(prog="anounet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+
     p = sub.add_parser("demo", help="train, fit and draw heatmaps on the embedded default data")
-    _add_common(p)
+    _settings(p)
+    _formulation(p)
     p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
-    p.add_argument("--category", default=None, help="embedded texture: brick | grass")
+    p.add_argument("--category", choices=("brick", "grass"), default=None, help="embedded texture")
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("evaluate", help="Ano-Unet and the baselines on an MVTec AD-style folder: metrics, panels")
-    p.add_argument("data", metavar="DATA_DIR", help="MVTec AD category folder, or 'embedded' (built-in data)")
-    _add_common(p)
+
+    p = sub.add_parser("evaluate", help="Ano-Unet and the baselines on one data set: metrics, panels")
+    p.add_argument("data", metavar="DATA", help="MVTec AD category folder, 'embedded[:CATEGORY]' or "
+                                                "'synthetic:FAMILY'")
+    _settings(p)
+    _formulation(p)
     p.add_argument("--out", required=True, help="output folder: metrics.json, metrics.md, panels/")
     p.add_argument("--methods", default="ano-unet,autoencoder,doc-decoder,anogan",
-                   help="comma-separated subset (default: %(default)s)")
+                   help="comma-separated methods (default: %(default)s; also feature-memory)")
     p.add_argument("--smoothing", type=float, default=None,
-                   help="Gaussian sigma for every method's maps (default: the preset's fit.smoothing_sigma)")
+                   help="Gaussian sigma for every method's maps (default: the preset's maps.smoothing_sigma)")
     p.set_defaults(func=cmd_evaluate)
-    from anounet_jax.scoring.commands import register as register_scoring  # train-fnet, score
 
-    register_scoring(sub)
+    p = sub.add_parser("train-fnet", help="train the f-Net on normal images, compute C and the image "
+                                          "scorer, save one checkpoint")
+    p.add_argument("data", help="folder of normal images, or 'embedded' / 'synthetic:FAMILY'")
+    _settings(p)
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--method", choices=("l2softmax", "doc"), default=None,
+                   help="f-Net training method (default: the preset's)")
+    p.add_argument("--scorer", choices=("lof", "l2", "l1"), default="lof",
+                   help="image scorer: LOF or distance to C (default: %(default)s)")
+    p.add_argument("--recursive", action="store_true", help="also take images from subfolders")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    p.set_defaults(func=cmd_train_fnet)
+
+    p = sub.add_parser("score", help="score every image of a folder, draw Ano-Unet maps, write a report "
+                                     "(resumable: rerun the same command after an interruption)")
+    p.add_argument("input", help="folder of images, or 'embedded' / 'synthetic:FAMILY' (their test images)")
+    _settings(p, preset_default=None)
+    _formulation(p)
+    p.add_argument("--ckpt", required=True, help="checkpoint written by train-fnet")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--visualize", choices=VISUALIZE, default="flagged",
+                   help="which images get maps (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="flag score > THRESHOLD, a finite number >= 0 (default: the checkpoint scorer's)")
+    p.add_argument("--chunk-size", type=_positive, default=None, help="images per committed chunk (default: 32)")
+    p.add_argument("--recursive", action="store_true", help="also take images from subfolders")
+    g = p.add_argument_group("multi-host (every process runs the same command; OUT on a shared file system)")
+    g.add_argument("--distributed", action="store_true",
+                   help="join a multi-process job; without the options below, JAX reads the cluster's "
+                        "environment (SLURM, Open MPI, Cloud TPU)")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address")
+    g.add_argument("--num-processes", type=int, default=None)
+    g.add_argument("--process-id", type=int, default=None)
+    p.set_defaults(func=cmd_score)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from anounet_jax.engine.devices import split_cpu_into_devices
+    try:
+        args = build_parser().parse_args(argv)  # argument errors: one line, exit 2
+    except SystemExit as e:  # --help (0) or a bad argument (2): a return code, also when called in-process
+        return int(e.code or 0)
+    from anounet_jax.engine.devices import enable_compilation_cache, split_cpu_into_devices
 
     split_cpu_into_devices()  # one CPU device per core (no-op once JAX has started, e.g. in tests)
+    enable_compilation_cache()  # a second run of the same job skips XLA compilation
     try:
         return args.func(args)
     except AnoUnetError as e:

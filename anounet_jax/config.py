@@ -2,6 +2,10 @@
 
 "paper" is the original notebook (96x96, 31M-parameter U-Net, MobileNetV2 alpha 0.5 f-Net, SGD 1e-3,
 beta 50, 150 steps). "small" is sized for a 2-core CPU, "tiny" for tests.
+
+A preset keeps apart what changes the maths and what does not: `unet`, `fnet` and `fit` decide the
+numbers of a heatmap; `maps` post-processes the raw maps (the same for every method); `engine` only
+decides how the fits are run (chunk size, formulation) and never changes a map beyond float rounding.
 """
 
 from __future__ import annotations
@@ -9,6 +13,10 @@ from __future__ import annotations
 import dataclasses
 
 from anounet_jax.errors import AnoUnetError
+
+# The engine's ways to run the same maths (engine/fit.py); "auto" and "measure" pick one.
+FORMULATIONS = ("vmap_matmul", "vmap_conv", "unrolled", "loop")
+FORMULATION_CHOICES = ("auto", "measure") + FORMULATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +47,17 @@ class FitConfig:
     optimizer: str = "sgd"  # "sgd" (momentum) | "adam"
     lr: float = 1e-3
     momentum: float = 0.9
-    chunk_size: int = 8  # images fitted at once on one device
-    smoothing_sigma: float = 0.0  # Gaussian smoothing of the heatmaps (pixels); 0 = none
+
+
+@dataclasses.dataclass(frozen=True)
+class MapConfig:
+    smoothing_sigma: float = 0.0  # Gaussian smoothing of every method's raw maps (pixels); 0 = none
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    chunk_size: int = 8  # images fitted at once (lowered to fit the device's memory unless given)
+    formulation: str = "auto"  # one of FORMULATION_CHOICES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +77,8 @@ class Preset:
     fnet: FNetConfig
     fit: FitConfig
     data: DataConfig
+    maps: MapConfig = MapConfig()
+    engine: EngineConfig = EngineConfig()
 
     def replace(self, **sections) -> "Preset":
         """`preset.replace(fit={"beta": 10})` -> a new preset with some fields of a section changed."""
@@ -74,13 +93,24 @@ class Preset:
 
     @staticmethod
     def from_dict(d: dict) -> "Preset":
+        """The inverse of to_dict; also reads the layout before `maps`/`engine` existed (checkpoints
+        written then kept smoothing_sigma and chunk_size in `fit`)."""
+        fit = dict(d["fit"])
+        maps = dict(d.get("maps", {}))
+        engine = dict(d.get("engine", {}))
+        if "smoothing_sigma" in fit:
+            maps.setdefault("smoothing_sigma", fit.pop("smoothing_sigma"))
+        if "chunk_size" in fit:
+            engine.setdefault("chunk_size", fit.pop("chunk_size"))
         return Preset(
             name=d["name"],
             image_size=d["image_size"],
             unet=UNetConfig(**d["unet"]),
             fnet=FNetConfig(**d["fnet"]),
-            fit=FitConfig(**d["fit"]),
+            fit=FitConfig(**fit),
             data=DataConfig(**d["data"]),
+            maps=MapConfig(**maps),
+            engine=EngineConfig(**engine),
         )
 
 
@@ -90,8 +120,10 @@ PAPER = Preset(
     unet=UNetConfig(width=64, depth=4, norm="batch"),
     fnet=FNetConfig(arch="mobilenet_v2", alpha=0.5, method="l2softmax", alpha_l2=5.0, lr=1e-4,
                     batch_size=128, epochs=30),
-    fit=FitConfig(steps=150, beta=50.0, optimizer="sgd", lr=1e-3, momentum=0.9, chunk_size=16),
+    fit=FitConfig(steps=150, beta=50.0, optimizer="sgd", lr=1e-3, momentum=0.9),
     data=DataConfig(n_train=5000, n_reference_per_class=400, n_test_good=50, n_test_defect=100),
+    maps=MapConfig(smoothing_sigma=0.0),
+    engine=EngineConfig(chunk_size=16),
 )
 
 SMALL = Preset(
@@ -100,8 +132,10 @@ SMALL = Preset(
     unet=UNetConfig(width=16, depth=4, norm="batch"),
     fnet=FNetConfig(arch="mobilenet_v2", alpha=0.5, method="l2softmax", alpha_l2=5.0, lr=1e-3,
                     batch_size=64, epochs=4),
-    fit=FitConfig(steps=60, beta=50.0, optimizer="adam", lr=1e-2, chunk_size=16, smoothing_sigma=2.0),
+    fit=FitConfig(steps=60, beta=50.0, optimizer="adam", lr=1e-2),
     data=DataConfig(n_train=800, n_reference_per_class=100, n_test_good=20, n_test_defect=40),
+    maps=MapConfig(smoothing_sigma=2.0),
+    engine=EngineConfig(chunk_size=16),
 )
 
 TINY = Preset(
@@ -110,8 +144,10 @@ TINY = Preset(
     unet=UNetConfig(width=4, depth=2, norm="batch"),
     fnet=FNetConfig(arch="small_cnn", small_cnn_width=8, method="l2softmax", alpha_l2=5.0, lr=3e-3,
                     batch_size=32, epochs=2),
-    fit=FitConfig(steps=30, beta=1.0, optimizer="adam", lr=1e-2, chunk_size=4, smoothing_sigma=1.0),
+    fit=FitConfig(steps=30, beta=1.0, optimizer="adam", lr=1e-2),
     data=DataConfig(n_train=64, n_reference_per_class=16, n_test_good=4, n_test_defect=8),
+    maps=MapConfig(smoothing_sigma=1.0),
+    engine=EngineConfig(chunk_size=4),
 )
 
 PRESETS = {p.name: p for p in (PAPER, SMALL, TINY)}

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from anounet_jax.errors import AnoUnetError
 
-__all__ = ["residual_map", "smooth", "overlay", "panel", "save_panel"]
+__all__ = ["residual_map", "smooth", "overlay", "overlay_scale", "panel", "save_panel", "write_panels"]
 
 
 # ----------------------------------------------------------------------------- heatmaps
@@ -203,3 +203,25 @@ def save_panel(
     except (OSError, ValueError) as e:
         raise AnoUnetError(f"cannot write panel: {e}", path=p) from e
     return p
+
+
+def overlay_scale(maps) -> float:
+    """The top of one method's shared colour scale: the 99.5th percentile of all its finite values,
+    so a hot normal image and a cold defect look different, as they should."""
+    finite = np.asarray(maps)[np.isfinite(maps)]
+    return float(np.percentile(finite, 99.5)) if finite.size else 1.0
+
+
+def write_panels(out_dir, images, ids, maps: dict, masks=None, recon=None) -> int:
+    """One PNG per image in out_dir/panels/: image | [reconstruction] | one overlay per named map
+    (each method on its own shared scale) | [true mask]. Returns the number written."""
+    vmax = {name: overlay_scale(m) for name, m in maps.items()}
+    for i, ident in enumerate(ids):
+        cols = [("image", images[i])]
+        if recon is not None:
+            cols.append(("reconstruction", recon[i]))
+        cols += [(name, overlay(images[i], m[i], vmin=0.0, vmax=vmax[name])) for name, m in maps.items()]
+        if masks is not None:
+            cols.append(("true mask", masks[i]))
+        save_panel(os.path.join(os.fspath(out_dir), "panels", ident.replace("/", "_") + ".png"), cols)
+    return len(ids)

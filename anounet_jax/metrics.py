@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 
 from anounet_jax.errors import AnoUnetError
 
-__all__ = ["image_auroc", "pixel_auroc", "aupro", "pro_curve", "region_labels"]
+__all__ = ["image_auroc", "pixel_auroc", "aupro", "pro_curve", "region_labels", "map_metrics"]
 
 # 8-connectivity within one image and none across images of the stack. anomalib labels regions
 # with cv2.connectedComponents (default connectivity 8; kornia's GPU labelling also grows through
@@ -227,3 +227,22 @@ def aupro(maps, masks, fpr_limit: float = 0.3) -> float:
         xs = np.append(xs, limit)
         ys = np.append(ys, y[k - 1] + t * (y[k] - y[k - 1]))
     return float(np.trapezoid(ys, xs) / limit)
+
+
+def map_metrics(maps, scores, labels=None, masks=None) -> dict:
+    """The metrics every job reports for a set of maps, as JSON-safe numbers (None = undefined):
+    "image_auroc" of `scores`, "image_auroc_map_max" of each map's maximum, "pixel_auroc" and
+    "aupro" (FPR <= 0.3) of the maps against the masks."""
+    def num(x):
+        x = float(x)
+        return None if np.isnan(x) else round(x, 6)
+
+    maps = np.asarray(maps)
+    out = {"images": int(len(maps))}
+    if labels is not None:
+        out["image_auroc"] = num(image_auroc(scores, labels))
+        out["image_auroc_map_max"] = num(image_auroc(maps.reshape(len(maps), -1).max(1), labels))
+    if masks is not None:
+        out["pixel_auroc"] = num(pixel_auroc(maps, masks))
+        out["aupro"] = num(aupro(maps, masks))
+    return out

@@ -39,8 +39,8 @@ def _engine(preset, steps, formulation="auto"):
     variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, s, s, 3)))
     fnet = FrozenFNet.from_module(module, variables)
     center = np.zeros(fnet.features(np.zeros((1, s, s, 3), np.float32)).shape[-1], np.float32)
-    fit = dataclasses.replace(preset.fit, steps=steps, smoothing_sigma=0.0)
-    return Engine(preset.unet, fit, fnet, center, formulation=formulation)
+    fit = dataclasses.replace(preset.fit, steps=steps)
+    return Engine(preset.unet, fit, fnet, center, formulation=formulation, default_chunk=preset.engine.chunk_size)
 
 
 def worker(preset_name: str, n: int, steps: int, formulation: str) -> dict:
@@ -84,12 +84,13 @@ def analysis(preset_name: str, formulation: str) -> dict:
     eng = _engine(preset, preset.fit.steps, formulation)
     s = preset.image_size
     t = time.perf_counter()
-    m = step_memory(eng, (s, s, 3))
+    eng.chunk_size_for((s, s, 3))
+    m = step_memory(eng.spec, eng.mesh, (s, s, 3), eng.fnet.variables, eng.center)
     free = free_memory()
     return {"preset": preset_name, "formulation": eng.formulation, "backend": jax.default_backend(),
             "mib_per_image": round(m.per_image / 2 ** 20, 1), "mib_fixed": round(m.fixed / 2 ** 20, 1),
-            "free_mib": round(free / 2 ** 20), "preset_chunk": preset.fit.chunk_size,
-            "default_chunk": chunk_for_memory(m, free, preset.fit.chunk_size, len(jax.local_devices())),
+            "free_mib": round(free / 2 ** 20), "preset_chunk": preset.engine.chunk_size,
+            "default_chunk": chunk_for_memory(m, free, preset.engine.chunk_size, len(jax.local_devices())),
             "analysis_seconds": round(time.perf_counter() - t, 1)}
 
 

@@ -36,12 +36,14 @@ def main(argv=None):
     from anounet_jax.config import get_preset
     from anounet_jax.data.embedded import load_embedded
     from anounet_jax.engine.fit import Engine
-    from anounet_jax.pipeline import evaluate_maps, fit_fnet_and_center, image_scores
+    from anounet_jax.fnet.train import train_fnet
+    from anounet_jax.maps import smooth
+    from anounet_jax.metrics import map_metrics
 
     preset = get_preset(args.preset)
     data = load_embedded(preset.data, preset.image_size, args.seed)
     test = data["test"].subset(np.arange(0, len(data["test"]), args.every))
-    trained = fit_fnet_and_center(preset, data["train"], data["reference"], args.seed, progress=False)
+    trained = train_fnet(preset.fnet, data["train"], data["reference"], args.seed, progress=False)
     out = {"preset": preset.name, "images": len(test), "backend": jax.default_backend(),
            "device": str(jax.devices()[0]), "results": {}}
     maps = {}
@@ -51,8 +53,8 @@ def main(argv=None):
         t = time.perf_counter()
         res = eng.fit(test.images, seed=args.seed)
         seconds = time.perf_counter() - t
-        maps[name] = res.heatmap
-        m = evaluate_maps(res.heatmap, image_scores(res), test)
+        maps[name] = smooth(res.heatmap, preset.maps.smoothing_sigma)
+        m = map_metrics(maps[name], maps[name].reshape(len(test), -1).max(1), test.labels, test.masks)
         m.update(seconds=round(seconds, 1), diverged=int(res.diverged.sum()), formulation=eng.formulation)
         out["results"][name] = m
         print(f"{name}: {json.dumps(m)}", file=sys.stderr, flush=True)

@@ -1,12 +1,17 @@
-"""Heatmap quality of Ano-Unet against the baselines on the embedded default data (no files needed).
+"""Heatmap quality of every method on a suite of data sets: one table, a mean row, per-defect rows.
 
-    python benchmarks/quality.py [--preset small] [--methods ano-unet,autoencoder,doc-decoder,anogan]
-                                 [--category brick] [--smoothing SIGMA] [--seed 0] [--out runs/quality]
+    python benchmarks/quality.py --data held-out [--preset small] [--methods ano-unet,autoencoder,...]
+                                 [--ablation] [--out runs/quality] [--seed 0]
 
-Runs `anounet_jax.evaluate.evaluate("embedded", ...)` (the protocol is in that module's docstring: one
-shared f-Net, one Gaussian smoothing for every method's maps, image AUROC from each method's own score and
-from the map max, pixel AUROC, AUPRO), then prints the Markdown table and one JSON object (the metrics,
-with a "settings" entry: sizes, seconds per stage, backend, machine). Panels go to --out.
+--data: "tuning" or "held-out" (the fixed split of the synthetic families, data/synthetic.py: tune
+presets and method choices ONLY on "tuning"; "held-out" is for reporting), or a comma-separated list
+of data sources ("embedded", "synthetic:weave", an MVTec AD category folder).
+--ablation adds Ano-Unet with beta 0 (the per-image fit alone, no f-Net term) as "ano-unet[beta=0]".
+
+Every data set runs `anounet_jax.jobs.evaluate.evaluate` (one shared f-Net, the same smoothing for
+every method's maps) into OUT/<name>/ and is skipped when its metrics.json already holds every asked
+method (resumable: rerun the same command after an interruption). Prints the Markdown tables and
+writes OUT/summary.md and OUT/summary.json.
 """
 
 from __future__ import annotations
@@ -15,41 +20,104 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
-from anounet_jax.config import get_preset
+import numpy as np
+
 from anounet_jax.errors import AnoUnetError
-from anounet_jax.evaluate import EMBEDDED, METHODS, evaluate, markdown_table
+
+ABLATION = "ano-unet[beta=0]"
+
+
+def _sources(spec: str) -> list[str]:
+    from anounet_jax.data.synthetic import HELD_OUT, TUNING
+
+    split = {"tuning": TUNING, "held-out": HELD_OUT}
+    if spec in split:
+        return [f"synthetic:{f}" for f in split[spec]]
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
+def _register_ablation() -> None:
+    from anounet_jax.methods import METHODS, Method, register
+
+    base = METHODS["ano-unet"]
+
+    def run(inputs):
+        return base.run(type(inputs)(**{**inputs.__dict__, "preset": inputs.preset.replace(fit={"beta": 0.0})}))
+
+    register(Method(ABLATION, run, base.image_score, needs_fnet=True))
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def tables(results: dict, methods: list[str]) -> str:
+    """Pixel AUROC / AUPRO / image AUROC per data set and method, a mean row, then per defect kind."""
+    head = "| data | " + " | ".join(methods) + " |\n|---|" + "---|" * len(methods)
+    out = ["pixel AUROC / AUPRO / image AUROC (map max)", "", head]
+    for name, m in results.items():
+        out.append(f"| {name} | " + " | ".join(
+            f"{_fmt(m[k]['pixel_auroc'])} / {_fmt(m[k]['aupro'])} / {_fmt(m[k]['image_auroc_map_max'])}"
+            for k in methods) + " |")
+    mean = {k: [np.mean([m[k][f] for m in results.values() if m[k][f] is not None])
+                for f in ("pixel_auroc", "aupro", "image_auroc_map_max")] for k in methods}
+    out.append("| **mean** | " + " | ".join(" / ".join(f"**{v:.3f}**" for v in mean[k]) for k in methods) + " |")
+    kinds = sorted({kind for m in results.values() for kind in m[methods[0]].get("by_kind", {})})
+    out += ["", "pixel AUROC per defect kind (mean over data sets that have it)", "", head.replace("data", "kind")]
+    for kind in kinds:
+        cells = []
+        for k in methods:
+            vals = [m[k]["by_kind"][kind]["pixel_auroc"] for m in results.values()
+                    if kind in m[k].get("by_kind", {}) and m[k]["by_kind"][kind]["pixel_auroc"] is not None]
+            cells.append(_fmt(float(np.mean(vals))) if vals else "n/a")
+        out.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="small", help="paper | small | tiny (default: %(default)s)")
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
-    ap.add_argument("--category", default=None, help="embedded texture: brick | grass (default: the preset's)")
-    ap.add_argument("--smoothing", type=float, default=None, help="default: the preset's fit.smoothing_sigma")
+    ap.add_argument("--data", default="held-out", help="tuning | held-out | comma-separated sources")
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--methods", default="ano-unet,autoencoder,feature-memory")
+    ap.add_argument("--ablation", action="store_true", help=f"also {ABLATION}")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--formulation", default="auto", help="Ano-Unet engine formulation")
-    ap.add_argument("--out", default="runs/quality", help="panels, metrics.json, metrics.md")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--out", default="runs/quality")
+    ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    from anounet_jax.engine.devices import split_cpu_into_devices
+    from anounet_jax.engine.devices import enable_compilation_cache, split_cpu_into_devices
 
     split_cpu_into_devices()  # as `anounet` does: one CPU device per core
+    enable_compilation_cache()
+    from anounet_jax.jobs.evaluate import evaluate
+    from anounet_jax.methods import parse_methods
+
+    if args.ablation:
+        _register_ablation()
     try:
-        preset = get_preset(args.preset)
-        if args.category:
-            preset = preset.replace(data={"category": args.category})
-        t = time.perf_counter()
-        m = evaluate(EMBEDDED, preset, args.methods, args.out, seed=args.seed, progress=not args.quiet,
-                     smoothing=args.smoothing, formulation=args.formulation,
-                     log=lambda *a: print(*a, file=sys.stderr))
-        wall = time.perf_counter() - t
+        methods = parse_methods(args.methods) + ([ABLATION] if args.ablation else [])
+        results, t0 = {}, time.perf_counter()
+        for source in _sources(args.data):
+            name = source.replace("synthetic:", "").replace("/", "_")
+            out = Path(args.out) / name
+            done = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
+            if not all(k in done for k in methods):
+                done = evaluate(source, args.preset, methods, out, seed=args.seed, progress=not args.quiet,
+                                log=lambda *a: print(*a, file=sys.stderr))
+            results[name] = done
+            print(f"{name}: done ({time.perf_counter() - t0:.0f} s so far)", file=sys.stderr, flush=True)
     except AnoUnetError as e:
         print(f"quality: error: {e}", file=sys.stderr)
         return 2
-    print(markdown_table(m))
-    print(f"wall time: {wall:.1f} s")
-    print(json.dumps(m))
+    text = tables(results, methods)
+    seconds = {n: {k: m[k]["seconds"] for k in methods} for n, m in results.items()}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "summary.md").write_text(text + f"\nseconds per method and data set: {json.dumps(seconds)}\n")
+    (Path(args.out) / "summary.json").write_text(json.dumps({"methods": methods, "preset": args.preset,
+                                                             "results": results}, indent=2))
+    print(text)
+    print(f"wall time: {time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -39,7 +39,8 @@ import numpy as np
 import optax
 
 from anounet_jax.config import get_preset
-from anounet_jax.engine.fit import FORMULATIONS, Engine, make_optimizer
+from anounet_jax.engine.fit import FORMULATIONS, Engine
+from anounet_jax.engine.steps import make_optimizer
 from anounet_jax.fnet.model import FrozenFNet, build_fnet_module
 from anounet_jax.models.unet import unet_from_config
 
@@ -62,7 +63,7 @@ def make_fnet(preset, image_size):
 
 def time_engine(preset, fnet, center, images, formulation, steps, devices, dtype=jnp.float32):
     """Compiles, then returns a function that times one fit of `images` for `steps` steps."""
-    fit = dataclasses.replace(preset.fit, steps=steps, smoothing_sigma=0.0)
+    fit = dataclasses.replace(preset.fit, steps=steps)
     kw = dict(formulation=formulation, chunk_size=len(images), devices=devices, compute_dtype=dtype)
     warm = dataclasses.replace(fit, steps=1)  # compiles the same functions (steps are a Python loop)
     Engine(preset.unet, warm, fnet, center, **kw).fit(images)
@@ -78,7 +79,8 @@ def time_engine(preset, fnet, center, images, formulation, steps, devices, dtype
 
 def step_flops(eng, images, fnet):
     """XLA's flop count for one step of the chunk (all images)."""
-    fns = eng._compiled()
+    eng.chunk_size_for(images.shape[1:])  # resolves the formulation
+    fns = eng.programs
     params, opt = fns["init"](jax.random.split(jax.random.PRNGKey(0), len(images)), jnp.asarray(images))
     lowered = fns["steps"].lower(params, opt, jnp.asarray(images), fnet.variables, eng.center)
     cost = lowered.compile().cost_analysis()
@@ -98,7 +100,7 @@ def time_shared_ceiling(preset, fnet, center, images, steps, devices, impl=("lax
 
     mesh = Mesh(np.array(devices), ("images",))
     unet = unet_from_config(preset.unet, conv_impl=impl[0], upconv_impl=impl[1], dtype=dtype)
-    tx = make_optimizer(preset.fit, preset.unet)
+    tx = make_optimizer(preset.fit.optimizer, preset.fit.lr, preset.fit.momentum, preset.unet.norm == "batch")
     x = jax.device_put(jnp.asarray(images), NamedSharding(mesh, P("images")))
     params = unet.init(jax.random.PRNGKey(0), x[:1])["params"]
     params = jax.device_put(params, NamedSharding(mesh, P()))

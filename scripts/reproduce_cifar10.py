@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def preset_from_args(args):
-    from anounet_jax.experiments import experiment_preset
+    from anounet_jax.jobs.experiments import experiment_preset
 
     return experiment_preset("cifar10", args.preset, steps=args.steps, beta=args.beta)
 
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
     split_cpu_into_devices()  # as `anounet` does: one CPU device per core
     from anounet_jax.errors import AnoUnetError
-    from anounet_jax.experiments import run_cifar10
+    from anounet_jax.jobs.experiments import run_cifar10
 
     try:
         preset = preset_from_args(args)

@@ -1,8 +1,12 @@
 import dataclasses
+import os
 
 import jax
 import numpy as np
 import pytest
+
+# the CLI keeps compiled programs in ~/.cache; tests stay hermetic (test_compile_cache.py tests it)
+os.environ.setdefault("ANOUNET_CACHE_DIR", "off")
 
 from anounet_jax.config import TINY
 from anounet_jax.data.embedded import load_embedded
@@ -18,9 +22,9 @@ def tiny_data():
 @pytest.fixture(scope="session")
 def tiny_trained(tiny_data):
     """The tiny preset's f-Net trained once for the whole session, with its center."""
-    from anounet_jax.pipeline import fit_fnet_and_center
+    from anounet_jax.fnet.train import train_fnet
 
-    return fit_fnet_and_center(TINY, tiny_data["train"], tiny_data["reference"], seed=0, progress=False)
+    return train_fnet(TINY.fnet, tiny_data["train"], tiny_data["reference"], seed=0, progress=False)
 
 
 @pytest.fixture(scope="session")

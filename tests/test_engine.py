@@ -20,7 +20,7 @@ def _images(n, seed=0):
 
 def _engine(fnet, formulation="vmap_matmul", chunk_size=4, **fit):
     center = np.zeros(8, np.float32) + 0.1
-    return Engine(TINY.unet, tiny_fit(steps=3, **fit), fnet, center, formulation=formulation,
+    return Engine(TINY.unet, tiny_fit(**{"steps": 3, **fit}), fnet, center, formulation=formulation,
                   chunk_size=chunk_size)
 
 
@@ -45,6 +45,9 @@ def test_every_formulation_gives_the_same_numbers(random_fnet):
     x = _images(4)
     results = {f: _engine(random_fnet, f, optimizer="sgd", lr=1e-2).fit(x, seed=1) for f in FORMULATIONS}
     ref = results["loop"]
+    start = _engine(random_fnet, "loop", optimizer="sgd", lr=1e-2, steps=0).fit(x, seed=1)
+    # the fit moved every reconstruction by far more than the tolerance the formulations agree to
+    assert np.abs(ref.recon - start.recon).reshape(4, -1).max(1).min() > 20 * CROSS_FORMULATION_ATOL
     for f, r in results.items():
         np.testing.assert_allclose(r.heatmap, ref.heatmap, atol=CROSS_FORMULATION_ATOL, err_msg=f)
         np.testing.assert_allclose(r.recon, ref.recon, atol=CROSS_FORMULATION_ATOL, err_msg=f)
@@ -123,20 +126,68 @@ def test_planted_defects_are_hotter_inside_their_masks(tiny_data, tiny_trained):
     assert inside.mean() > 1.5 * outside.mean()
 
 
-def test_measure_picks_the_fastest_candidate_and_remembers_it(random_fnet):
-    from anounet_jax.engine.fit import build_engine, measure_formulation, resolve_formulation
+@pytest.mark.parametrize("slow", ["loop", "vmap_matmul"])
+def test_measure_picks_the_fastest_candidate_and_remembers_it(random_fnet, monkeypatch, slow):
+    """One candidate is made slow on purpose (each of its steps sleeps): the other must win, and an
+    Engine asked to "measure" resolves to it on its first chunk without timing again."""
+    import time
 
-    fit = tiny_fit(steps=3)
+    from anounet_jax.engine import fit as fit_module
+
+    monkeypatch.setattr(fit_module, "_MEASURED_CHOICE", {})
+    real = Engine._fit_group
+
+    def fit_group(self, images, keys):
+        if self.formulation == slow:
+            time.sleep(0.05 * self.fit_cfg.steps)
+        return real(self, images, keys)
+
+    monkeypatch.setattr(Engine, "_fit_group", fit_group)
+    fit = tiny_fit(steps=3, optimizer="sgd", lr=1e-2)
     center = np.full(8, 0.1, np.float32)
-    best, timings = measure_formulation(TINY.unet, fit, random_fnet, center, (32, 32, 3),
-                                        candidates=("loop", "vmap_matmul"), chunk_size=4)
+    best, timings = fit_module.measure_formulation(TINY.unet, fit, random_fnet, center, (32, 32, 3),
+                                                   candidates=("loop", "vmap_matmul"), chunk_size=4)
     assert set(timings) == {"loop", "vmap_matmul"} and all(np.isfinite(t) and t >= 0 for t in timings.values())
-    assert best == min(timings, key=timings.get)
-    again = measure_formulation(TINY.unet, fit, random_fnet, center, (32, 32, 3),
-                                candidates=("loop", "vmap_matmul"), chunk_size=4)
-    assert again == (best, timings)  # cached: not timed twice
-    with pytest.raises(AnoUnetError, match="image shape"):
-        resolve_formulation("measure")
-    # on CPU the candidates are ("loop", "vmap_matmul"): the choice above is reused
-    eng = build_engine(TINY.unet, fit, random_fnet, center, 32, "measure", chunk_size=4)
+    assert best != slow and timings[slow] > timings[best]
+    monkeypatch.setattr(fit_module.Engine, "_fit_group", real)  # a second timing would now differ
+    eng = Engine(TINY.unet, fit, random_fnet, center, formulation="measure", chunk_size=4)
+    assert eng.formulation is None  # resolved at the first chunk, when the image shape is known
+    eng.fit(_images(2))
     assert eng.formulation == best
+
+
+def test_the_losses_are_the_papers_and_beta_weights_the_f_net_term(random_fnet):
+    """L_R = mean|x - G(x)|, L_C = mean|f(G(x)) - C|, L = L_R + beta L_C, checked against a hand
+    computation from the reconstruction; and beta changes where the fit goes."""
+    import jax
+
+    from anounet_jax.engine import steps
+
+    x = _images(3)
+    eng = _engine(random_fnet, beta=2.5)
+    keys = np.asarray(jax.random.split(jax.random.PRNGKey(0), 3))
+    params, _ = jax.jit(lambda k, x: steps.init(eng.spec, k, x))(keys, x)
+    total, (recon, loss_r, loss_c) = steps.losses(eng.spec, params, x, random_fnet.variables, eng.center)
+    recon = np.asarray(recon)
+    np.testing.assert_allclose(loss_r, np.abs(x - recon).mean((1, 2, 3)), rtol=1e-5)
+    feats = np.asarray(random_fnet.apply(random_fnet.variables, recon))
+    np.testing.assert_allclose(loss_c, np.abs(feats - np.asarray(eng.center)).mean(-1), rtol=1e-5)
+    np.testing.assert_allclose(total, loss_r + 2.5 * loss_c, rtol=1e-6)
+    plain = _engine(random_fnet, optimizer="sgd", lr=1e-2, beta=0.0).fit(x, seed=1)
+    pulled = _engine(random_fnet, optimizer="sgd", lr=1e-2, beta=50.0).fit(x, seed=1)
+    assert np.abs(plain.recon - pulled.recon).max() > 20 * CROSS_FORMULATION_ATOL
+    assert pulled.loss_c.mean() < plain.loss_c.mean()  # the f-Net term pulls f(G(x)) toward C
+
+
+def test_bfloat16_compute_stays_close_to_float32(random_fnet):
+    import jax.numpy as jnp
+
+    x = _images(2)
+    center = np.full(8, 0.1, np.float32)
+    fit = tiny_fit(steps=3, optimizer="sgd", lr=1e-2)
+    f32 = Engine(TINY.unet, fit, random_fnet, center, formulation="vmap_matmul", chunk_size=2).fit(x, seed=1)
+    bf16 = Engine(TINY.unet, fit, random_fnet, center, formulation="vmap_matmul", chunk_size=2,
+                  compute_dtype=jnp.bfloat16).fit(x, seed=1)
+    assert not bf16.diverged.any() and bf16.recon.dtype == np.float32
+    diff = np.abs(bf16.recon - f32.recon).max()
+    assert 0 < diff < 0.05, diff  # bfloat16 really ran (not bitwise float32) and stayed close

@@ -10,7 +10,8 @@ from PIL import Image
 
 from anounet_jax.cli import main
 from anounet_jax.data.embedded import load_normal, plant_defect
-from anounet_jax.evaluate import METHODS, evaluate, parse_methods
+from anounet_jax.jobs.evaluate import evaluate
+from anounet_jax.methods import METHODS, parse_methods
 from anounet_jax.errors import AnoUnetError
 
 FILE_SIZE = 48  # written at 48x48, read at the tiny preset's 32x32 (images bicubic, masks nearest)

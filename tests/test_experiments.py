@@ -1,4 +1,4 @@
-"""The paper reproductions (anounet_jax/experiments.py, scripts/reproduce_*.py) end to end, offline:
+"""The paper reproductions (anounet_jax/jobs/experiments.py, scripts/reproduce_*.py) end to end, offline:
 CIFAR-10 under tfds mock data, DAGM on generated folders of both releases, all with the tiny preset."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from PIL import Image
 from anounet_jax.config import PAPER, TINY
 from anounet_jax.data.types import ImageSet
 from anounet_jax.errors import AnoUnetError
-from anounet_jax.experiments import balanced_indices, experiment_preset, run_cifar10, run_dagm
+from anounet_jax.jobs.experiments import balanced_indices, experiment_preset, run_cifar10, run_dagm
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3  # per-image fit steps in the end-to-end runs: the wiring is under test, not the quality
@@ -214,7 +214,7 @@ def trained():
     training has its own tests) with C from noise images. Every end-to-end test reuses it, so the
     engine compiles once for the module."""
     from anounet_jax.fnet.model import FrozenFNet, build_fnet_module, compute_center
-    from anounet_jax.pipeline import TrainedFNet
+    from anounet_jax.fnet.train import TrainedFNet
 
     module = build_fnet_module(TINY.fnet)
     fnet = FrozenFNet.from_module(module, fnet_variables(module))
@@ -230,9 +230,9 @@ def test_train_stage_and_reference(tmp_path, monkeypatch):
     import jax
 
     import anounet_jax.fnet.train as fnet_train
-    from anounet_jax.experiments import dagm_reference, train_stage
-    from anounet_jax.fnet.model import FrozenFNet, build_fnet_module
-    from anounet_jax.fnet.train import FNetTrainResult
+    from anounet_jax.jobs.experiments import dagm_reference, train_stage
+    from anounet_jax.fnet.model import FrozenFNet, build_fnet_module, compute_center
+    from anounet_jax.fnet.train import TrainedFNet
 
     reference = dagm_reference(32, 30, TINY.data.n_reference_per_class, seed=0)
     assert len(reference) == 30 and reference.images.shape[1:] == (32, 32, 3)
@@ -246,7 +246,9 @@ def test_train_stage_and_reference(tmp_path, monkeypatch):
 
     def fake_train_fnet(cfg, normal, ref, seed=0, progress=True, init_variables=None):
         seen.update(cfg=cfg, n=len(normal), ref=len(ref), init=init_variables)
-        return FNetTrainResult(FrozenFNet.from_module(module, init_variables), [1.0], module)
+        fnet = FrozenFNet.from_module(module, init_variables)
+        feats = fnet.features(normal.images)
+        return TrainedFNet(fnet, compute_center(feats), feats, [1.0])
 
     monkeypatch.setattr(fnet_train, "train_fnet", fake_train_fnet)
     train = ImageSet(np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32))
@@ -256,6 +258,7 @@ def test_train_stage_and_reference(tmp_path, monkeypatch):
     assert len(got) == len(jax.tree_util.tree_leaves(init))
     assert all(np.array_equal(a, b) for a, b in zip(got, jax.tree_util.tree_leaves(init)))
     assert t.train_features.shape[0] == 4 and np.allclose(t.center, t.train_features.mean(0))
+    monkeypatch.undo()  # the real train_fnet refuses a single normal image before training
     with pytest.raises(AnoUnetError, match="at least 2 normal"):
         train_stage(TINY, train.subset([0]), reference, progress=False, log=quiet)
 
@@ -263,11 +266,11 @@ def test_train_stage_and_reference(tmp_path, monkeypatch):
 def test_fnet_weights_are_checked(tmp_path):
     import flax
 
-    from anounet_jax.experiments import load_fnet_weights
+    from anounet_jax.fnet.weights import load_fnet_weights
 
     bad = tmp_path / "bad.msgpack"
     bad.write_bytes(flax.serialization.to_bytes({"params": {"conv": np.zeros(3, np.float32)}}))
-    with pytest.raises(AnoUnetError, match="do not fit the preset's f-Net") as e:
+    with pytest.raises(AnoUnetError, match="do not match the preset's f-Net") as e:
         load_fnet_weights(bad, TINY.fnet, 32)
     assert e.value.path == str(bad)
     (tmp_path / "junk.msgpack").write_text("not msgpack")
@@ -278,7 +281,7 @@ def test_fnet_weights_are_checked(tmp_path):
 
 
 def test_dagm_original_release_end_to_end(tmp_path, trained, monkeypatch):
-    import anounet_jax.experiments as experiments
+    import anounet_jax.jobs.experiments as experiments
 
     calls = []
 

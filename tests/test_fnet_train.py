@@ -2,14 +2,17 @@
 
 import dataclasses
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from anounet_jax.config import TINY
 from anounet_jax.data.embedded import load_normal, load_reference
 from anounet_jax.fnet.model import FrozenFNet, build_fnet_module, compute_center
-from anounet_jax.fnet.train import train_fnet
+from anounet_jax.fnet.train import Classifier, train_fnet
+from anounet_jax.models.small_cnn import SmallCNN
 
 SIZE = TINY.image_size
 
@@ -74,9 +77,52 @@ def test_doc_compactness_shrinks_normal_spread(trained, data):
 def test_features_in_batches_equal_one_call(trained, data):
     normal, _ = data
     fnet = trained["doc"].fnet
-    whole = fnet.features(normal.images, batch_size=len(normal))
-    batched = fnet.features(normal.images, batch_size=7)  # 4 full batches + a padded one
-    np.testing.assert_allclose(batched, whole, rtol=1e-5, atol=1e-5)
+    whole = np.asarray(jax.jit(fnet.apply)(fnet.variables, normal.images))  # one call, all 32 images
+    np.testing.assert_allclose(fnet.features(normal.images), whole, rtol=1e-5, atol=1e-5)
+    # 40 images: a full batch and a zero-padded one
+    twice = np.concatenate([normal.images, normal.images[:8]])
+    np.testing.assert_allclose(fnet.features(twice), np.concatenate([whole, whole[:8]]), rtol=1e-5, atol=1e-5)
     # inference BatchNorm: an image's features do not depend on the rest of its batch
     np.testing.assert_allclose(fnet.features(normal.images[3:4]), whole[3:4], rtol=1e-5, atol=1e-5)
 
+
+class _Times7(nn.Module):
+    """A backbone whose features are 7 times those of `inner` (same parameters)."""
+
+    inner: nn.Module
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return 7.0 * self.inner(x, train=train)
+
+
+def test_l2_softmax_logits_are_the_head_of_alpha_times_unit_features():
+    x = np.random.default_rng(0).random((5, 16, 16, 3), dtype=np.float32)
+    alpha, classes = 16.0, 6
+    backbone = SmallCNN(width=4, features=8)
+    with jax.default_prng_impl("rbg"):  # compiles fast on XLA:CPU (see `trained`)
+        variables = Classifier(backbone, classes, alpha).init(jax.random.PRNGKey(0), x, train=False)
+    params = dict(variables["params"])
+    params["head"] = {"kernel": params["head"]["kernel"], "bias": jnp.linspace(-1.0, 1.0, classes)}
+    variables = {"params": params, "batch_stats": variables["batch_stats"]}
+    kernel = np.asarray(params["head"]["kernel"], np.float64)
+    bias = np.asarray(params["head"]["bias"], np.float64)
+
+    f, logits = Classifier(backbone, classes, alpha).apply(variables, x, train=False)
+    f = np.asarray(f, np.float64)
+    assert f.shape == (5, 8) and logits.shape == (5, classes)
+    z = alpha * f / np.linalg.norm(f, axis=1, keepdims=True)
+    np.testing.assert_allclose(logits, z @ kernel + bias, rtol=1e-5, atol=1e-5)
+
+    # the logits do not depend on the scale of f: a backbone giving 7 f gives the same logits
+    scaled_vars = {"params": {"backbone": {"inner": params["backbone"]}, "head": params["head"]},
+                   "batch_stats": {"backbone": {"inner": variables["batch_stats"]["backbone"]}}}
+    f7, logits7 = Classifier(_Times7(backbone), classes, alpha).apply(scaled_vars, x, train=False)
+    np.testing.assert_allclose(f7, 7.0 * f, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits7, logits, rtol=1e-5, atol=1e-5)
+
+    # DOC (alpha_l2 None): the head sees f itself, so the scale does change the logits
+    _, plain = Classifier(backbone, classes, None).apply(variables, x, train=False)
+    np.testing.assert_allclose(plain, f @ kernel + bias, rtol=1e-5, atol=1e-5)
+    _, plain7 = Classifier(_Times7(backbone), classes, None).apply(scaled_vars, x, train=False)
+    np.testing.assert_allclose(plain7, 7.0 * f @ kernel + bias, rtol=1e-5, atol=1e-5)

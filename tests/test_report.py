@@ -6,7 +6,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from anounet_jax.scoring.report import PAGE_SIZE, histogram_svg, write_report
+from anounet_jax.jobs.score.report import PAGE_SIZE, histogram_svg, write_report
 
 
 class _Links(HTMLParser):
@@ -46,7 +46,7 @@ def check_self_contained(out: Path) -> list[Path]:
 def _manifest(n, threshold):
     preset = {"name": "tiny", "image_size": 32, "fnet": {"arch": "small_cnn", "method": "l2softmax"},
               "unet": {"width": 4, "depth": 2, "norm": "batch"},
-              "fit": {"steps": 30, "beta": 1.0, "optimizer": "adam", "lr": 0.01, "smoothing_sigma": 1.0}}
+              "fit": {"steps": 30, "beta": 1.0, "optimizer": "adam", "lr": 0.01}, "maps": {"smoothing_sigma": 1.0}}
     return {"checkpoint": {"fingerprint": "ab" * 32, "path": "/ck"},
             "settings": {"preset": preset, "visualize": "flagged", "threshold": threshold,
                          "threshold_overridden": False, "scorer": "lof", "seed": 0, "formulation": "loop",

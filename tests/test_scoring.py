@@ -16,7 +16,7 @@ from PIL import Image
 from anounet_jax import cli
 from anounet_jax.config import TINY
 from anounet_jax.data.embedded import load_test
-from anounet_jax.scoring.job import read_scores_csv
+from anounet_jax.jobs.score.job import read_scores_csv
 from tests.test_report import check_self_contained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,23 +35,25 @@ def jax_cache(tmp_path_factory):
     jax.config.update("jax_compilation_cache_dir", d)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=d, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               ANOUNET_CPU_DEVICES=str(len(jax.local_devices())))  # as this process: the same programs
     yield env
     jax.config.update("jax_compilation_cache_dir", old[0])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
     cc.reset_cache()
 
 
-def _untrained_fnet(preset, train, reference, seed=0, progress=True):
+def _untrained_fnet(fnet_cfg, train, reference, seed=0, progress=True, init_variables=None):
     """Stands in for f-Net training (seconds of XLA compilation, tested in test_fnet_train.py): the
     preset's f-Net with random weights and BatchNorm statistics, C and features as training gives."""
     import jax
 
     from anounet_jax.fnet.model import FrozenFNet, build_fnet_module, compute_center
-    from anounet_jax.pipeline import TrainedFNet
+    from anounet_jax.fnet.train import TrainedFNet
 
-    module = build_fnet_module(preset.fnet)
-    x = jax.ShapeDtypeStruct((1, preset.image_size, preset.image_size, 3), np.float32)
+    module = build_fnet_module(fnet_cfg)
+    size = train.images.shape[1]
+    x = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
     shapes = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False), x)
     rng = np.random.default_rng(seed)
 
@@ -79,7 +81,7 @@ def ckpt(tmp_path_factory, jax_cache):
     args = ["train-fnet", str(d / "normal"), "--preset", "tiny", "--method", "doc", "--out", str(d / "a"),
             "--quiet"]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("anounet_jax.pipeline.fit_fnet_and_center", _untrained_fnet)
+        mp.setattr("anounet_jax.fnet.train.train_fnet", _untrained_fnet)
         assert cli.main(args) == 0
         assert cli.main(args) == 2  # an existing checkpoint is not replaced without --overwrite
     info = read_checkpoint_info(d / "a")
@@ -192,7 +194,9 @@ def _free_port() -> int:
 
 def test_two_processes_share_the_job_and_match_one(tmp_path, jax_cache, ckpt, images, threshold, reference):
     """`anounet score --coordinator ... --num-processes 2` (jax.distributed on CPU): each process takes
-    every other chunk; the outputs are the bytes of the one-process run."""
+    every other chunk; the outputs are the bytes of the one-process run with the same devices per
+    process (one CPU device, as this test process has: a program compiled for another device count
+    may round differently)."""
     out = tmp_path / "out"
     port = _free_port()
     logs, procs = [], []
@@ -271,17 +275,17 @@ def test_python_api(ckpt, images, reference, threshold):
     assert isinstance(res, anounet_jax.ScoreResult) and len(res) == 3 and res.threshold == threshold
     np.testing.assert_allclose(res.scores, [float(r["score"]) for r in ref], rtol=1e-5)
     assert res.flagged.tolist() == [r["flagged"] == "1" for r in ref]
-    assert res.status == ["ok"] * 3 and np.isfinite(res.heatmaps).all() and np.isfinite(res.L_C).all()
+    assert res.status == ["ok"] * 3 and np.isfinite(res.heatmaps).all() and np.isfinite(res.loss_c).all()
     for i in np.flatnonzero(res.flagged):  # position i has the same key as file i of the folder
         with np.load(reference / "maps" / (ref[i]["file"] + ".npz")) as z:
             np.testing.assert_allclose(res.heatmaps[i], z["heatmap"].astype(np.float32), atol=1e-3)
             np.testing.assert_allclose(res.recon[i], z["recon"].astype(np.float32), atol=2e-3)
-        assert float(ref[i]["L_R"]) == pytest.approx(float(res.L_R[i]), abs=1e-6)
+        assert float(ref[i]["L_R"]) == pytest.approx(float(res.loss_r[i]), abs=1e-6)
     res = anounet_jax.score(x[:3], str(ckpt[0]), visualize="none")
     assert res.status == ["not visualized"] * 3 and np.isnan(res.heatmaps).all()
 
 
 def test_import_stays_light():
     code = ("import sys, anounet_jax; assert callable(anounet_jax.__getattr__); "
-            "assert 'jax' not in sys.modules and 'anounet_jax.scoring' not in sys.modules, sorted(sys.modules)")
+            "assert 'jax' not in sys.modules and 'anounet_jax.jobs.score' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -30,7 +30,8 @@ SCRIPT = textwrap.dedent("""
     for name, devs in (("loop_2dev", jax.devices()), ("loop_1dev", jax.devices()[:1])):
         eng = Engine(TINY.unet, fit, fnet, c, formulation="loop", devices=devs)
         out[name] = eng.fit(x, seed=0).heatmap.tolist()
-        out[name + "_meshes"] = len(eng.meshes)
+        out[name + "_devices"] = int(eng.mesh.devices.size)
+        out[name + "_compilations"] = eng.programs["steps"]._cache_size()  # one program for all devices
     from anounet_jax.engine.devices import split_cpu_into_devices
     out["split_after_start"] = split_cpu_into_devices(4)  # too late: refused, nothing changes
     out["devices_after"] = jax.device_count()
@@ -39,7 +40,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_fit_equals_single_device():
-    """vmap formulations shard a chunk over the devices; loop fits one image per device at a time."""
+    """Every formulation splits a chunk over the devices (loop: one image per device at a time)."""
     import numpy as np
 
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
@@ -49,9 +50,11 @@ def test_sharded_fit_equals_single_device():
     out = json.loads(proc.stdout)
     assert out["sharded_mesh"] == 2 and out["single_mesh"] == 1
     np.testing.assert_allclose(np.array(out["sharded"]), np.array(out["single"]), atol=1e-4)
-    assert out["loop_2dev_meshes"] == 2 and out["loop_1dev_meshes"] == 1
-    # the same program for each image, only on another device: bitwise the same
-    np.testing.assert_array_equal(np.array(out["loop_2dev"]), np.array(out["loop_1dev"]))
+    assert out["loop_2dev_devices"] == 2 and out["loop_1dev_devices"] == 1
+    assert out["loop_2dev_compilations"] == 1  # compiled once, run on both devices (not once per device)
+    # one program over two devices is compiled apart from the one-device program: XLA:CPU may order
+    # float additions differently, so equal up to rounding (bitwise for the same device count)
+    np.testing.assert_allclose(np.array(out["loop_2dev"]), np.array(out["loop_1dev"]), atol=1e-4)
     assert out["split_after_start"] is False and out["devices_after"] == 2
 
 

@@ -1,3 +1,7 @@
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports keras
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -5,26 +9,74 @@ import pytest
 
 from anounet_jax import AnoUnetError
 from anounet_jax.config import PAPER, SMALL
-from anounet_jax.models.unet import UNet, UpConv2x2, im2col_3x3, init_unet_params, unet_from_config
+from anounet_jax.models.unet import (BN_EPSILON, Conv3x3, ImageNorm, UNet, UpConv2x2, im2col_3x3,
+                                     init_unet_params, unet_from_config)
 
 
 def _count(tree):
     return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
 
 
-def test_paper_unet_has_the_originals_parameter_count():
+def _keras_paper_unet(keras):
+    """The original Keras U-Net (built, not compiled): 96x96x3 in, 4 levels of two (3x3 conv,
+    BatchNormalization, ReLU) of widths 64..512, a 1024 bottleneck, 2x2 max-pool down, 2x2 stride-2
+    Conv2DTranspose up, skip concatenation, 1x1 conv to 3 channels with sigmoid."""
+    layers = keras.layers
+    zeros = dict(kernel_initializer="zeros")  # random draws would compile one by one (seconds each)
+
+    def block(x, width):
+        for _ in range(2):
+            x = layers.Conv2D(width, 3, padding="same", **zeros)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.Activation("relu")(x)
+        return x
+
+    inputs = keras.Input((96, 96, 3))
+    x, skips = inputs, []
+    for width in (64, 128, 256, 512):
+        x = block(x, width)
+        skips.append(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = block(x, 1024)
+    for width, skip in zip((512, 256, 128, 64), reversed(skips)):
+        x = layers.Conv2DTranspose(width, 2, strides=2, **zeros)(x)
+        x = block(layers.Concatenate()([skip, x]), width)
+    outputs = layers.Conv2D(3, 1, activation="sigmoid", **zeros)(x)
+    return keras.Model(inputs, outputs)
+
+
+def _paper_unet_shapes():
+    """(module, variable shapes, number of BatchNorm channels) of the paper preset's U-Net."""
     model = unet_from_config(PAPER.unet)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 96, 96, 3))))
+    bn_channels = sum(a.shape[0] for p, a in jax.tree_util.tree_leaves_with_path(shapes)
+                      if "norm" in jax.tree_util.keystr(p) and p[-1].key == "scale")
+    return model, shapes, bn_channels
+
+
+def test_paper_unet_has_the_originals_parameter_count():
+    model, shapes, bn_channels = _paper_unet_shapes()
     trainable = _count(shapes)
     # Keras counts BatchNorm moving mean/variance too (2 per channel); we normalize with the fitted
     # image's own statistics, so those are not parameters here.
-    bn_channels = sum(a.shape[0] for p, a in jax.tree_util.tree_leaves_with_path(shapes)
-                      if "norm" in jax.tree_util.keystr(p) and p[-1].key == "scale")
     assert trainable == 31_043_651
-    assert trainable + 2 * bn_channels == 31_055_427  # Keras model.summary() total of the original
+    assert trainable + 2 * bn_channels == 31_055_427  # the original's Keras total (next test)
     out = jax.eval_shape(lambda: model.apply(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 96, 96, 3))),
                                              jnp.zeros((2, 96, 96, 3))))
     assert out.shape == (2, 96, 96, 3)
+
+
+def test_paper_unet_has_the_keras_originals_weights():
+    _, shapes, bn_channels = _paper_unet_shapes()
+    keras = pytest.importorskip("keras")  # the 'keras' extra
+    original = _keras_paper_unet(keras)
+    assert original.output_shape == (None, 96, 96, 3)
+    assert original.count_params() == _count(shapes) + 2 * bn_channels
+    # tensor by tensor: the same weight sizes are trained, and the rest are the moving statistics of
+    # as many BatchNorm channels as we have norm scales
+    keras_sizes = sorted(int(np.prod(w.shape)) for w in original.trainable_weights)
+    assert keras_sizes == sorted(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes))
+    assert sum(int(np.prod(w.shape)) for w in original.non_trainable_weights) == 2 * bn_channels
 
 
 @pytest.mark.parametrize("norm", ["batch", "none"])
@@ -91,12 +143,55 @@ def test_im2col_matches_a_library_conv():
 
 
 def test_batch_norm_uses_each_images_own_statistics():
+    # Four images with very different statistics, each with its own parameters, through the U-Net as
+    # the engine runs it (engine/steps.py): vmapped over images, every image a batch of 1. The image
+    # axis is named like the engine's ("images"), so a norm that pooled statistics over it (a synced
+    # BatchNorm) would be seen here too. (The module given a batch of N > 1 itself normalizes over
+    # (N, H, W), like Keras in training: it is only ever applied one image at a time.)
     model = UNet(width=4, depth=2)
-    x = jax.random.uniform(jax.random.PRNGKey(1), (1, 32, 32, 3))
-    v = model.init(jax.random.PRNGKey(0), x)
-    alone = model.apply(v, x)
-    with_other = jax.vmap(lambda xi: model.apply(v, xi[None])[0])(jnp.concatenate([x, 1 - x]))
-    np.testing.assert_allclose(alone[0], with_other[0], atol=1e-6)
+    u = jnp.asarray(np.random.default_rng(1).random((4, 32, 32, 3), np.float32))
+    x = jnp.stack([u[0], 1.0 - u[1], 0.1 * u[2], 0.8 + 0.2 * u[3]])
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)  # (initialized under the named axis as well)
+    params = jax.vmap(lambda k: init_unet_params(model, k, (32, 32, 3)), axis_name="images")(keys)
+    layers = lambda m, _: isinstance(m, (Conv3x3, ImageNorm))  # noqa: E731
+
+    def one(p, xi):
+        y, state = model.apply({"params": p}, xi[None], capture_intermediates=layers,
+                               mutable=["intermediates"])
+        return y[0], state["intermediates"]
+
+    per_image = jax.jit(jax.vmap(one, axis_name="images"))
+    out, inter = per_image(params, x)
+    assert out.shape == x.shape
+
+    # changing one image changes its output and no other
+    changed, _ = per_image(params, x.at[2].set(u[2][::-1]))
+    others = np.array([0, 1, 3])
+    np.testing.assert_allclose(changed[others], out[others], atol=1e-6,
+                               err_msg="changing image 2 changed the others")
+    assert float(jnp.max(jnp.abs(changed[2] - out[2]))) > 1e-2
+
+    # every norm layer normalizes each image with that image's own mean and variance over H and W
+    # (scale 1 and bias 0 at initialization)
+    checked = 0
+    for block, layer in inter.items():
+        for i in range(2):
+            if f"norm{i}" not in layer:
+                continue
+            before = np.asarray(layer[f"conv{i}"]["__call__"][0], np.float64)[:, 0]  # (4, H, W, C)
+            after = np.asarray(layer[f"norm{i}"]["__call__"][0])[:, 0]
+            mean = before.mean((1, 2), keepdims=True)
+            var = before.var((1, 2), keepdims=True)
+            np.testing.assert_allclose(after, (before - mean) / np.sqrt(var + BN_EPSILON), atol=1e-4,
+                                       err_msg=f"{block}/norm{i}")
+            checked += 1
+    assert checked == 2 * (2 * model.depth + 1)
+
+    # each image's output is its output alone
+    alone = jax.jit(lambda p, xi: model.apply({"params": p}, xi[None])[0])
+    for i in range(len(x)):
+        np.testing.assert_allclose(out[i], alone(jax.tree.map(lambda a: a[i], params), x[i]), atol=1e-5,
+                                   err_msg=f"image {i}")
 
 
 def test_image_size_must_divide_by_two_to_the_depth():

@@ -31,27 +31,14 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from anounet_jax.baselines.configs import AnoGANConfig
+from anounet_jax.batching import pad_rows
+from anounet_jax.engine.batching import image_keys, pad_keys
+from anounet_jax.training import run_epochs
 from anounet_jax.baselines.common import (BaselineResult, ConvDecoder, ConvEncoder, check_images,
                                           init_params, reconstruction_result)
 from anounet_jax.data.types import ImageSet
 from anounet_jax.errors import AnoUnetError
-
-
-@dataclasses.dataclass(frozen=True)
-class AnoGANConfig:
-    width: int = 64  # channels of D's first and G's last level; doubles per level down
-    depth: int = 4  # stride-2 levels (image size must be divisible by 2**depth)
-    latent: int = 100  # dimension of z
-    norm: str = "group"  # per-sample normalization in G and D: "group" | "none"
-    lr: float = 2e-4  # GAN training, Adam(lr, b1=0.5) for G and D
-    beta1: float = 0.5
-    epochs: int = 50
-    batch_size: int = 64
-    lam: float = 0.1  # lambda: weight of the discrimination loss in the latent search
-    search_steps: int = 500
-    search_lr: float = 0.05  # Adam on z
-    chunk_size: int = 64  # images searched at once
-    steps_per_call: int = 1  # search steps unrolled per jitted call (fewer dispatches on accelerators)
 
 
 class Discriminator(nn.Module):
@@ -139,13 +126,9 @@ class AnoGAN:
         if n > chunk:
             raise AnoUnetError(f"chunk of {n} images exceeds chunk_size {chunk}")
         fns = self._compiled()
-        base = jax.random.PRNGKey(seed)
-        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(indices, jnp.uint32))
-        x = images
-        if n < chunk:  # fixed shapes: one compilation for every chunk
-            x = np.concatenate([images, np.zeros((chunk - n, *images.shape[1:]), np.float32)])
-            keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], chunk - n, 0)])
-        x = jnp.asarray(x)
+        # fixed shapes (padded chunks): one compilation for every chunk; keys as the engine's
+        keys = pad_keys(image_keys(seed, indices), chunk)
+        x = jnp.asarray(pad_rows(images, chunk))
         steps = self.cfg.search_steps if steps is None else int(steps)
         if steps % fns["spc"]:
             raise AnoUnetError(f"search_steps ({steps}) must be a multiple of steps_per_call ({fns['spc']})")
@@ -228,22 +211,12 @@ def train(normal: ImageSet, cfg: AnoGANConfig = AnoGANConfig(), seed: int = 0,
         upd, g_opt = tx.update(gg, g_opt, g_params)
         return optax.apply_updates(g_params, upd), d_params, g_opt, d_opt, ld, lg
 
-    step = jax.jit(step, donate_argnums=(0, 1, 2, 3))
-    bs = min(cfg.batch_size, n)
-    per_epoch = max(n // bs, 1)
-    rng = np.random.default_rng(seed)
-    history = []
-    with tqdm(total=cfg.epochs * per_epoch, desc="AnoGAN (DCGAN)", unit="step", disable=not progress) as bar:
-        for epoch in range(cfg.epochs):
-            order = rng.permutation(n)
-            losses = []
-            for s in range(per_epoch):
-                key, sk = jax.random.split(key)
-                g_params, d_params, g_opt, d_opt, ld, lg = step(
-                    g_params, d_params, g_opt, d_opt, sk, x_all[order[s * bs:(s + 1) * bs]])
-                losses.append((ld, lg))
-                bar.update(1)
-            ld_mean, lg_mean = np.mean(jax.device_get(losses), 0)
-            history.append((float(ld_mean), float(lg_mean)))
-            bar.set_postfix(d=f"{ld_mean:.3f}", g=f"{lg_mean:.3f}")
+    def train_step(state, key, x):
+        *state, ld, lg = step(*state, key, x)
+        return tuple(state), (ld, lg)
+
+    (g_params, d_params, _, _), history = run_epochs(
+        jax.jit(train_step, donate_argnums=(0,)), (g_params, d_params, g_opt, d_opt), (x_all,),
+        batch_size=cfg.batch_size, epochs=cfg.epochs, seed=seed, desc="AnoGAN (DCGAN)", progress=progress,
+        key=key)
     return AnoGAN(cfg, gen, disc, g_params, d_params, history)

@@ -16,22 +16,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from anounet_jax.baselines.common import (BaselineResult, ConvDecoder, ConvEncoder, apply_in_batches,
-                                          check_images, fit_reconstruction, reconstruction_result)
+from anounet_jax.batching import map_in_batches
+from anounet_jax.baselines.configs import AutoencoderConfig
+from anounet_jax.baselines.common import (BaselineResult, ConvDecoder, ConvEncoder,
+                                          check_images, train_reconstruction, reconstruction_result)
 from anounet_jax.data.types import ImageSet
-
-
-@dataclasses.dataclass(frozen=True)
-class AutoencoderConfig:
-    width: int = 32  # channels of the first encoder / last decoder level; doubles per level down
-    depth: int = 4  # stride-2 levels (image size must be divisible by 2**depth)
-    latent: int = 128  # bottleneck size
-    norm: str = "group"  # decoder normalization: "group" (per sample) | "none"
-    loss: str = "l2"  # "l2" | "l1"
-    lr: float = 1e-3
-    epochs: int = 50
-    batch_size: int = 64
-    eval_batch_size: int = 64
 
 
 class ConvAutoencoder(nn.Module):
@@ -61,7 +50,7 @@ class Autoencoder:
 
     def reconstruct(self, images) -> np.ndarray:
         x = check_images(images, self.module.image_hw)
-        return apply_in_batches(lambda b: self._apply(self.params, b), x, self.cfg.eval_batch_size)
+        return map_in_batches(lambda b: self._apply(self.params, b), x, self.cfg.eval_batch_size)
 
     def score_maps(self, images) -> BaselineResult:
         x = check_images(images, self.module.image_hw)
@@ -73,7 +62,7 @@ def train(normal: ImageSet, cfg: AutoencoderConfig = AutoencoderConfig(), seed: 
     """Train the autoencoder on the normal images."""
     x = check_images(normal.images)
     module = ConvAutoencoder(cfg.width, cfg.depth, cfg.latent, tuple(x.shape[1:3]), cfg.norm)
-    params, history = fit_reconstruction(module, x, x, loss=cfg.loss, lr=cfg.lr, epochs=cfg.epochs,
+    params, history = train_reconstruction(module, x, x, loss=cfg.loss, lr=cfg.lr, epochs=cfg.epochs,
                                          batch_size=cfg.batch_size, seed=seed, progress=progress,
                                          desc="autoencoder")
     return Autoencoder(cfg, module, params, history)

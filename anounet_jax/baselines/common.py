@@ -1,5 +1,5 @@
-"""Pieces the baselines share: the result type, conv encoder/decoder modules, a minibatch trainer for
-reconstruction networks, fixed-size batched inference, and the per-preset baseline configs.
+"""Pieces the baselines share: the result type, conv encoder/decoder modules and a trainer for
+reconstruction networks. Nothing here knows a concrete method (their settings: baselines/configs.py).
 
 Every baseline maps the same inputs to the same outputs as the Ano-Unet engine:
 images float32 (N, H, W, 3) in [0, 1]  ->  BaselineResult(heatmap (N, H, W), recon (N, H, W, 3), score (N,)).
@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from anounet_jax.errors import AnoUnetError
+from anounet_jax.training import run_epochs
 
 
 # ----------------------------------------------------------------------------- results
@@ -205,97 +205,25 @@ def recon_loss(kind: str, target, recon):
     raise AnoUnetError(f"unknown reconstruction loss {kind!r}; use 'l1' or 'l2'")
 
 
-def fit_reconstruction(module: nn.Module, inputs: np.ndarray, targets: np.ndarray, *, loss: str,
-                       lr: float, epochs: int, batch_size: int, seed: int, progress: bool,
-                       desc: str) -> tuple[Any, list[float]]:
-    """Train `module(inputs) ~ targets` with Adam on shuffled minibatches (the last partial batch of
-    each epoch is dropped so every step has one shape). Returns (params, mean loss per epoch)."""
-    n = len(inputs)
-    if n == 0:
+def train_reconstruction(module: nn.Module, inputs: np.ndarray, targets: np.ndarray, *, loss: str,
+                         lr: float, epochs: int, batch_size: int, seed: int, progress: bool,
+                         desc: str) -> tuple[Any, list[float]]:
+    """Train `module(inputs) ~ targets` with Adam on shuffled minibatches (training.run_epochs).
+    Returns (params, mean loss per epoch)."""
+    if len(inputs) == 0:
         raise AnoUnetError(f"{desc}: no training images")
     if loss not in ("l1", "l2"):
         raise AnoUnetError(f"unknown reconstruction loss {loss!r}; use 'l1' or 'l2'")
     params = init_params(module, seed, jnp.asarray(inputs[:1]))
     tx = optax.adam(lr)
-    opt_state = tx.init(params)
 
-    def step(params, opt_state, x, y):
+    def step(state, x, y):
+        params, opt_state = state
         value, grads = jax.value_and_grad(lambda p: recon_loss(loss, y, module.apply({"params": p}, x)))(params)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
+        return (optax.apply_updates(params, updates), opt_state), value
 
-    step = jax.jit(step, donate_argnums=(0, 1))
-    bs = min(batch_size, n)
-    per_epoch = max(n // bs, 1)
-    rng = np.random.default_rng(seed)
-    history = []
-    with tqdm(total=epochs * per_epoch, desc=desc, unit="step", disable=not progress) as bar:
-        for _ in range(epochs):
-            order = rng.permutation(n)
-            losses = []
-            for s in range(per_epoch):
-                idx = order[s * bs:(s + 1) * bs]
-                params, opt_state, value = step(params, opt_state, inputs[idx], targets[idx])
-                losses.append(value)
-                bar.update(1)
-            history.append(float(np.mean(jax.device_get(losses))))
-            bar.set_postfix(loss=f"{history[-1]:.4f}")
+    (params, _), history = run_epochs(jax.jit(step, donate_argnums=(0,)), (params, tx.init(params)),
+                                      (inputs, targets), batch_size=batch_size, epochs=epochs, seed=seed,
+                                      desc=desc, progress=progress)
     return params, history
-
-
-def apply_in_batches(fn: Callable[[np.ndarray], Any], inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """fn over fixed-size batches (every one zero-padded to batch_size: one compilation for any N)."""
-    n = len(inputs)
-    out = []
-    bs = int(batch_size)
-    for s in range(0, n, bs):
-        batch = np.asarray(inputs[s:s + bs])
-        m = len(batch)
-        if m < bs:
-            batch = np.concatenate([batch, np.zeros((bs - m, *batch.shape[1:]), batch.dtype)])
-        out.append(np.asarray(fn(batch))[:m])
-    return np.concatenate(out)
-
-
-# ----------------------------------------------------------------------------- presets
-
-
-@dataclasses.dataclass(frozen=True)
-class BaselineConfigs:
-    autoencoder: Any  # AutoencoderConfig
-    doc_decoder: Any  # DocDecoderConfig
-    anogan: Any  # AnoGANConfig
-
-
-def baseline_config(preset_name: str) -> BaselineConfigs:
-    """The baseline sizes that go with a preset: "tiny" (tests: seconds), "small" (2-core CPU: the three
-    baselines train and score ~60 64x64 test images in a few minutes), "paper" (full size)."""
-    from anounet_jax.baselines.anogan import AnoGANConfig
-    from anounet_jax.baselines.autoencoder import AutoencoderConfig
-    from anounet_jax.baselines.doc_decoder import DocDecoderConfig
-
-    presets = {
-        "tiny": BaselineConfigs(
-            AutoencoderConfig(width=8, depth=2, latent=16, epochs=4, batch_size=16, lr=3e-3,
-                              eval_batch_size=16),
-            DocDecoderConfig(width=8, depth=2, epochs=4, batch_size=16, lr=3e-3, eval_batch_size=16,
-                             feature_batch_size=16),
-            AnoGANConfig(width=8, depth=2, latent=16, epochs=4, batch_size=16, search_steps=20,
-                         search_lr=0.05, chunk_size=4),
-        ),
-        "small": BaselineConfigs(
-            AutoencoderConfig(width=16, depth=4, latent=64, epochs=12, batch_size=32, lr=2e-3),
-            DocDecoderConfig(width=16, depth=4, epochs=12, batch_size=32, lr=2e-3),
-            AnoGANConfig(width=8, depth=4, latent=64, epochs=10, batch_size=32, search_steps=500,
-                         search_lr=0.05, chunk_size=64),
-        ),
-        "paper": BaselineConfigs(
-            AutoencoderConfig(),
-            DocDecoderConfig(),
-            AnoGANConfig(),
-        ),
-    }
-    try:
-        return presets[preset_name]
-    except KeyError:
-        raise AnoUnetError(f"unknown preset {preset_name!r}; choose one of {sorted(presets)}") from None

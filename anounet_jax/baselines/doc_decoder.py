@@ -17,23 +17,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from anounet_jax.baselines.common import (BaselineResult, ConvDecoder, apply_in_batches, check_images,
-                                          fit_reconstruction, reconstruction_result)
+from anounet_jax.batching import map_in_batches
+from anounet_jax.baselines.configs import DocDecoderConfig
+from anounet_jax.baselines.common import (BaselineResult, ConvDecoder, check_images,
+                                          train_reconstruction, reconstruction_result)
 from anounet_jax.data.types import ImageSet
 from anounet_jax.fnet.model import FrozenFNet
-
-
-@dataclasses.dataclass(frozen=True)
-class DocDecoderConfig:
-    width: int = 32  # channels of the last (half-resolution) decoder level; doubles per level down
-    depth: int = 4  # stride-2 up-sampling levels (image size must be divisible by 2**depth)
-    norm: str = "group"  # "group" (per sample) | "none"
-    loss: str = "l2"  # "l2" | "l1"
-    lr: float = 1e-3
-    epochs: int = 50
-    batch_size: int = 64
-    eval_batch_size: int = 64
-    feature_batch_size: int = 128  # f-Net feature extraction batch
 
 
 @dataclasses.dataclass
@@ -53,8 +42,8 @@ class DocDecoder:
 
     def reconstruct(self, images) -> np.ndarray:
         x = check_images(images, self.module.image_hw)
-        f = _standardize(self.fnet.features(x, self.cfg.feature_batch_size), self.feat_mean, self.feat_std)
-        return apply_in_batches(lambda b: self._apply(self.params, b), f, self.cfg.eval_batch_size)
+        f = _standardize(self.fnet.features(x), self.feat_mean, self.feat_std)
+        return map_in_batches(lambda b: self._apply(self.params, b), f, self.cfg.eval_batch_size)
 
     def score_maps(self, images) -> BaselineResult:
         x = check_images(images, self.module.image_hw)
@@ -69,11 +58,11 @@ def train(normal: ImageSet, fnet: FrozenFNet, cfg: DocDecoderConfig = DocDecoder
           progress: bool = False) -> DocDecoder:
     """Train the decoder D(f(x)) ~ x on the normal images, f the frozen f-Net."""
     x = check_images(normal.images)
-    feats = np.asarray(fnet.features(x, cfg.feature_batch_size), np.float32)
+    feats = np.asarray(fnet.features(x), np.float32)
     mean = feats.mean(0)
     std = np.maximum(feats.std(0), 1e-6).astype(np.float32)
     module = ConvDecoder(cfg.width, cfg.depth, tuple(x.shape[1:3]), cfg.norm)
-    params, history = fit_reconstruction(module, _standardize(feats, mean, std), x, loss=cfg.loss,
+    params, history = train_reconstruction(module, _standardize(feats, mean, std), x, loss=cfg.loss,
                                          lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
                                          seed=seed, progress=progress, desc="DOC decoder")
     return DocDecoder(cfg, fnet, module, params, mean, std, history)

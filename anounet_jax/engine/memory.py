@@ -14,6 +14,7 @@ import os
 import jax
 import jax.numpy as jnp
 
+from anounet_jax.engine.steps import programs
 from anounet_jax.errors import AnoUnetError
 
 # Share of the free memory a chunk may take: room for XLA's fragmentation, the f-Net, the input
@@ -33,12 +34,12 @@ class StepMemory:
 _MEASURED: dict = {}
 
 
-def _step_bytes(engine, n: int, image_shape) -> int:
-    fns = engine._compiled()
+def _step_bytes(spec, mesh, n: int, image_shape, fnet_vars, center) -> int:
+    fns = programs(spec, mesh)
     x = jax.ShapeDtypeStruct((n, *image_shape), jnp.float32)
     keys = jax.ShapeDtypeStruct((n, 2), jnp.uint32)
     params, opt = jax.eval_shape(fns["init"], keys, x)
-    compiled = fns["steps"].lower(params, opt, x, engine.fnet.variables, engine.center).compile()
+    compiled = fns["steps"].lower(params, opt, x, fnet_vars, center).compile()
     m = compiled.memory_analysis()
     if m is None:
         raise AnoUnetError(f"the {jax.default_backend()} backend gives no memory analysis")
@@ -46,20 +47,17 @@ def _step_bytes(engine, n: int, image_shape) -> int:
                + m.temp_size_in_bytes)
 
 
-def step_memory(engine, image_shape) -> StepMemory:
+def step_memory(spec, mesh, image_shape, fnet_vars, center) -> StepMemory:
     """Bytes of one fit step on one device, per image in flight there and fixed, measured (compiles
-    two shapes, cached). The chunk is sharded over the engine's mesh, so XLA's analysis of the
-    partitioned program is per device: chunks of 1 and 2 images per device are compared."""
-    key = (engine._cache_key(), tuple(image_shape))
+    two shapes, cached). The chunk is split over the mesh's devices, so XLA's analysis of the
+    per-device program is per device: chunks of 1 and 2 images per device are compared."""
+    key = (spec, mesh, tuple(image_shape))
     if key not in _MEASURED:
-        d = engine.mesh.devices.size
-        one = _step_bytes(engine, d, image_shape)
-        if engine.formulation == "loop":  # one image in flight per device whatever the chunk
-            _MEASURED[key] = StepMemory(per_image=one, fixed=0)
-        else:
-            two = _step_bytes(engine, 2 * d, image_shape)
-            per = max(two - one, 1)
-            _MEASURED[key] = StepMemory(per_image=per, fixed=max(one - per, 0))
+        d = mesh.devices.size
+        one = _step_bytes(spec, mesh, d, image_shape, fnet_vars, center)
+        two = _step_bytes(spec, mesh, 2 * d, image_shape, fnet_vars, center)
+        per = max(two - one, 1)
+        _MEASURED[key] = StepMemory(per_image=per, fixed=max(one - per, 0))
     return _MEASURED[key]
 
 

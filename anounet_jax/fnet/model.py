@@ -1,4 +1,4 @@
-"""The frozen f-Net as the engine sees it: `features(variables, images) -> (N, D)`, plus the center C."""
+"""The frozen f-Net as the engine sees it: `apply(variables, images) -> (N, D)`, plus the center C."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from anounet_jax.batching import map_in_batches
 from anounet_jax.errors import AnoUnetError
+
+FEATURE_BATCH = 32  # features() pads every batch to this size: the same numbers on every path
 
 
 def build_fnet_module(cfg) -> nn.Module:
@@ -25,6 +27,13 @@ def build_fnet_module(cfg) -> nn.Module:
 
         return SmallCNN(width=cfg.small_cnn_width)
     raise AnoUnetError(f"unknown f-Net arch {cfg.arch!r}; use 'mobilenet_v2' or 'small_cnn'")
+
+
+@functools.lru_cache(maxsize=None)
+def inference_apply(module: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
+    """`module` in inference mode as a pure function. One function object per (equal) module for the
+    whole process: compiled programs are keyed on it, so an f-Net restored twice compiles once."""
+    return lambda variables, x: module.apply(variables, x, train=False)
 
 
 @dataclasses.dataclass
@@ -41,23 +50,20 @@ class FrozenFNet:
 
     @classmethod
     def from_module(cls, module: nn.Module, variables) -> "FrozenFNet":
-        return cls(apply=lambda v, x: module.apply(v, x, train=False), variables=variables)
+        return cls(apply=inference_apply(module), variables=variables)
 
     @functools.cached_property
     def _jitted(self):
         return jax.jit(self.apply)
 
-    def features(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """(N,H,W,3) -> float32 (N, D), computed in fixed-size batches (the last one padded)."""
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """(N,H,W,3) -> float32 (N, D), in batches of exactly FEATURE_BATCH images (the last one
+        zero-padded), so an image's features are the same whichever job asks for them."""
         images = np.asarray(images, np.float32)
-        out = []
-        for start in range(0, len(images), batch_size):
-            batch = images[start:start + batch_size]
-            n = len(batch)
-            if n < batch_size and len(images) > batch_size:
-                batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), np.float32)])
-            out.append(np.asarray(self._jitted(self.variables, jnp.asarray(batch)))[:n])
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        if len(images) == 0:
+            return np.zeros((0, 0), np.float32)
+        out = map_in_batches(lambda b: self._jitted(self.variables, b), images, FEATURE_BATCH)
+        return out.astype(np.float32)
 
 
 def compute_center(features: np.ndarray) -> np.ndarray:

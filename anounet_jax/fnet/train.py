@@ -5,24 +5,24 @@ softmax over the classes {normal, reference class 1..K}; cross-entropy.
 DOC (Perera & Patel 2019): descriptiveness = softmax cross-entropy on reference images, compactness =
 mean squared distance of each normal feature to the mean of the *other* normal features in its batch
 (scaled by n^2/(n-1)^2 as in the paper), loss = descriptiveness + lambda * compactness.
-The head is dropped after training; the engine gets a FrozenFNet.
+The head is dropped after training; the engine gets a FrozenFNet, and C is the mean feature of the
+normal training images. `train_fnet` is the whole f-Net stage: every job calls it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from anounet_jax.data.types import ImageSet
 from anounet_jax.errors import AnoUnetError
-from anounet_jax.fnet.model import FrozenFNet, build_fnet_module
+from anounet_jax.fnet.model import FrozenFNet, build_fnet_module, compute_center
+from anounet_jax.training import run_epochs
 
 
 class Classifier(nn.Module):
@@ -56,22 +56,26 @@ def augment(key, x):
 
 
 @dataclasses.dataclass
-class FNetTrainResult:
+class TrainedFNet:
+    """The f-Net stage's result: the frozen network, C, and what C was computed from."""
+
     fnet: FrozenFNet
-    history: list[float]  # mean training loss per epoch
-    module: Any
+    center: np.ndarray  # C, float32 (D,)
+    train_features: np.ndarray | None  # f(normal training images), (N, D); None when restored
+    history: list[float]  # mean training loss per epoch ([] when restored)
 
 
 def train_fnet(cfg, normal: ImageSet, reference: ImageSet, seed: int = 0, progress: bool = True,
-               init_variables=None) -> FNetTrainResult:
-    """Train the f-Net named by `cfg` (an FNetConfig).
+               init_variables=None) -> TrainedFNet:
+    """Train the f-Net named by `cfg` (an FNetConfig), freeze it, and compute C on the normal images.
 
     normal: the normal training images (class 0). reference: other images; `reference.labels` are their
     class ids 0..K-1 (all one class if None). init_variables: optional pretrained backbone variables
-    (e.g. imported ImageNet weights) to start from.
+    (e.g. imported ImageNet weights, `fnet.weights.load_fnet_weights`) to start from.
     """
-    if len(normal) == 0 or len(reference) == 0:
-        raise AnoUnetError("f-Net training needs normal and reference images")
+    if len(normal) < 2 or len(reference) == 0:
+        raise AnoUnetError(f"f-Net training needs at least 2 normal images and some reference images "
+                           f"(got {len(normal)} normal, {len(reference)} reference)")
     ref_labels = np.zeros(len(reference), np.int32) if reference.labels is None else reference.labels
     ref_labels = np.asarray(ref_labels, np.int32)
     backbone = build_fnet_module(cfg)
@@ -113,36 +117,24 @@ def train_fnet(cfg, normal: ImageSet, reference: ImageSet, seed: int = 0, progre
         return desc + cfg.doc_lambda * comp, updates["batch_stats"]
 
     @jax.jit
-    def train_step(params, batch_stats, opt_state, key, x, y, is_normal):
+    def train_step(state, key, x, y, is_normal):
+        params, batch_stats, opt_state = state
         if cfg.augment:
             x = augment(key, x)
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params, batch_stats, x, y, is_normal)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+        return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
     images = np.concatenate([normal.images, reference.images])
     is_normal = np.concatenate([np.ones(len(normal)), np.zeros(len(reference))]).astype(np.float32)
     labels = np.concatenate([np.zeros(len(normal), np.int32), ref_labels + (0 if doc else 1)])
-    bs = min(cfg.batch_size, len(images))
-    steps_per_epoch = max(len(images) // bs, 1)
-    rng = np.random.default_rng(seed)
-    history = []
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="f-Net", disable=not progress, unit="step")
-    for _ in range(cfg.epochs):
-        order = rng.permutation(len(images))
-        losses = []
-        for s in range(steps_per_epoch):
-            idx = order[s * bs:(s + 1) * bs]
-            key, sk = jax.random.split(key)
-            params, batch_stats, opt_state, loss = train_step(
-                params, batch_stats, opt_state, sk, images[idx], labels[idx], is_normal[idx])
-            losses.append(loss)
-            bar.update(1)
-        history.append(float(np.mean(jax.device_get(losses))))
-        bar.set_postfix(loss=f"{history[-1]:.3f}")
-    bar.close()
+    (params, batch_stats, _), history = run_epochs(
+        train_step, (params, batch_stats, opt_state), (images, labels, is_normal), batch_size=cfg.batch_size,
+        epochs=cfg.epochs, seed=seed, desc="f-Net", progress=progress, key=key)
     backbone_vars = {"params": params["backbone"]}
     if batch_stats:
         backbone_vars["batch_stats"] = batch_stats["backbone"]
-    return FNetTrainResult(FrozenFNet.from_module(backbone, backbone_vars), history, backbone)
+    fnet = FrozenFNet.from_module(backbone, backbone_vars)
+    feats = fnet.features(normal.images)
+    return TrainedFNet(fnet, compute_center(feats), feats, history)

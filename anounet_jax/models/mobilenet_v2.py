@@ -287,9 +287,14 @@ class MobileNetV2(nn.Module):
         parameters and the same maths either way. ``depthwise_impl="lax",
         pointwise_impl="conv"`` is the plain Flax/Keras formulation (the reference).
 
-    ``__call__(x, train=False)``: ``x`` float32 NHWC in ``[0, 1]`` (mapped to ``[-1, 1]``
-    inside). With ``train=True`` BatchNorm normalizes with batch statistics and updates the
-    ``batch_stats`` collection (apply with ``mutable=["batch_stats"]``).
+    ``__call__(x, train=False, return_maps=False)``: ``x`` float32 NHWC in ``[0, 1]`` (mapped to
+    ``[-1, 1]`` inside). With ``train=True`` BatchNorm normalizes with batch statistics and
+    updates the ``batch_stats`` collection (apply with ``mutable=["batch_stats"]``). With
+    ``return_maps=True`` it returns ``(pooled, maps)``: ``maps`` holds the last feature map at
+    each stride, keys ``"stride2"`` (block 0, ``expanded_conv``), ``"stride4"`` (block 2),
+    ``"stride8"`` (block 5), ``"stride16"`` (block 12) and ``"stride32"`` (``Conv_1`` after
+    ReLU6, the map that is pooled), each ``(N, ceil(H/s), ceil(W/s), C)`` in ``dtype``. The
+    pooled output and the parameters are the same either way.
     """
 
     alpha: float = 0.5
@@ -304,7 +309,7 @@ class MobileNetV2(nn.Module):
         return num_features_for(self.alpha)
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, train: bool = False, return_maps: bool = False):
         if x.ndim != 4 or x.shape[-1] != 3:
             raise AnoUnetError(
                 f"MobileNetV2 expects NHWC RGB images of shape (N, H, W, 3), got {tuple(x.shape)}"
@@ -344,6 +349,10 @@ class MobileNetV2(nn.Module):
         x = conv(x, make_divisible(32 * self.alpha, 8), 3, 2, "SAME", "Conv1")
         x = nn.relu6(bn(x, "bn_Conv1"))
 
+        # maps: the output of the last block of each stride stage (the one before the next
+        # stride-2 block), for patch-level features (anounet_jax.fnet.local)
+        maps = {}
+        total_stride = 2
         for block_id, (expansion, stride, filters) in enumerate(BLOCKS):
             inputs = x
             in_channels = x.shape[-1]
@@ -367,7 +376,12 @@ class MobileNetV2(nn.Module):
             x = bn(x, f"{prefix}project_BN")
             if in_channels == pointwise_filters and stride == 1:
                 x = inputs + x
+            total_stride *= stride
+            if block_id + 1 < len(BLOCKS) and BLOCKS[block_id + 1][1] == 2:
+                maps[f"stride{total_stride}"] = x
 
         x = conv(x, self.num_features, 1, 1, "SAME", "Conv_1")
         x = nn.relu6(bn(x, "Conv_1_bn"))
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        maps[f"stride{total_stride}"] = x
+        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        return (pooled, maps) if return_maps else pooled

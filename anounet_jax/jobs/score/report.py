@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from anounet_jax.scoring.files import atomic_write
+from anounet_jax.jobs.score.files import atomic_write
 
 PAGE_SIZE = 100
 MAX_FAILURES = 200
@@ -120,7 +120,7 @@ def _settings_table(manifest: dict, counts: dict) -> str:
         ("f-Net", f"{p['fnet']['arch']} ({p['fnet']['method']})"),
         ("U-Net", f"width {p['unet']['width']}, depth {p['unet']['depth']}, norm {p['unet']['norm']}"),
         ("fit", f"{p['fit']['steps']} steps, beta {p['fit']['beta']}, {p['fit']['optimizer']} lr "
-                f"{p['fit']['lr']}, smoothing sigma {p['fit']['smoothing_sigma']}"),
+                f"{p['fit']['lr']}, smoothing sigma {p.get('maps', {}).get('smoothing_sigma')}"),
         ("scorer", f"{st['scorer']}, threshold {st['threshold']:.6g}"
                    + (" (given)" if st["threshold_overridden"] else " (from the checkpoint)")),
         ("visualize", st["visualize"]),

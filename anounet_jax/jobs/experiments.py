@@ -21,7 +21,7 @@ MobileNetV2 alpha 0.5 come from the preset). The "small" and "tiny" presets keep
 (embedded textures) is not used here: the counts are the function arguments.
 
 Metrics. ``image_auroc`` is the AUROC of the heatmap maximum (the package's image score for maps,
-`pipeline.image_scores`); ``image_auroc_by_score`` adds the f-Net scores (``lof``, ``l2_to_center``)
+the smoothed map's maximum, as in the demo); ``image_auroc_by_score`` adds the f-Net scores (``lof``, ``l2_to_center``)
 and the final fit loss L_R + beta L_C (``fit_loss``). DAGM adds ``pixel_auroc`` and ``aupro``. Images
 whose fit diverged are counted (``diverged``) and left out of the map-based metrics. Undefined metrics
 (one class only) are written as null.
@@ -30,7 +30,6 @@ whose fit diverged are counted (``diverged``) and left out of the map-based metr
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -109,45 +108,6 @@ def concat_sets(*sets: ImageSet) -> ImageSet:
                     ids=[i for s in sets for i in s.ids])
 
 
-def load_fnet_weights(path, fnet_cfg, image_size: int) -> dict:
-    """Backbone variables written by ``scripts/import_keras_mobilenetv2.py`` (flax msgpack), checked
-    against the preset's f-Net (same variable tree and shapes)."""
-    import flax
-    import jax
-
-    from anounet_jax.fnet.model import build_fnet_module
-
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise AnoUnetError(f"cannot read f-Net weights ({e.strerror or e})", path) from None
-    try:
-        variables = flax.serialization.msgpack_restore(data)
-    except Exception as e:  # noqa: BLE001 - msgpack raises several types on garbage
-        raise AnoUnetError(f"not a flax msgpack file ({type(e).__name__})", path) from None
-    if not isinstance(variables, dict) or "params" not in variables:
-        raise AnoUnetError("f-Net weights must hold {'params', 'batch_stats'}", path)
-    variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
-    module = build_fnet_module(fnet_cfg)
-    x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
-    want = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False), x)
-    want = {k: v for k, v in flax.core.unfreeze(want).items() if k in ("params", "batch_stats")}
-
-    def flat(tree):
-        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-        return {jax.tree_util.keystr(k): tuple(np.shape(v)) for k, v in leaves}
-
-    got_f, want_f = flat(variables), flat(want)
-    if got_f != want_f:
-        missing = sorted(set(want_f) - set(got_f))[:3]
-        extra = sorted(set(got_f) - set(want_f))[:3]
-        shape = sorted(k for k in set(got_f) & set(want_f) if got_f[k] != want_f[k])[:3]
-        raise AnoUnetError(f"f-Net weights do not fit the preset's f-Net ({fnet_cfg.arch}, alpha "
-                           f"{fnet_cfg.alpha}): missing {missing}, unexpected {extra}, wrong shape {shape}",
-                           path)
-    return jax.tree.map(lambda a: np.asarray(a, np.float32), variables)
-
-
 def _finite_or_none(value):
     if isinstance(value, dict):
         return {k: _finite_or_none(v) for k, v in value.items()}
@@ -163,45 +123,43 @@ def _finite_or_none(value):
 
 def train_stage(preset: Preset, train: ImageSet, reference: ImageSet, *, seed: int = 0, fnet_weights=None,
                 progress: bool = True, log=print):
-    """The f-Net stage: train on normal + reference images (from ``fnet_weights`` when given), freeze,
-    C = mean feature of the normal images. Returns a `pipeline.TrainedFNet`."""
-    from anounet_jax.fnet.model import compute_center
+    """The f-Net stage (`fnet.train.train_fnet`), from imported ``fnet_weights`` when given."""
     from anounet_jax.fnet.train import train_fnet
-    from anounet_jax.pipeline import TrainedFNet
+    from anounet_jax.fnet.weights import load_fnet_weights
 
-    if len(train) < 2:
-        raise AnoUnetError(f"the f-Net needs at least 2 normal training images, got {len(train)}")
     init = None if fnet_weights is None else load_fnet_weights(fnet_weights, preset.fnet, preset.image_size)
     log(f"f-Net ({preset.fnet.arch}, {preset.fnet.method}, "
         f"{'imported weights' if init is not None else 'from scratch'}): {len(train)} normal + "
         f"{len(reference)} reference images of {preset.image_size}x{preset.image_size}")
-    res = train_fnet(preset.fnet, train, reference, seed=seed, progress=progress, init_variables=init)
-    feats = res.fnet.features(train.images)
-    return TrainedFNet(res.fnet, compute_center(feats), feats, res.history)
+    return train_fnet(preset.fnet, train, reference, seed=seed, progress=progress, init_variables=init)
 
 
 def run_experiment(preset: Preset, train: ImageSet, reference: ImageSet | None, test: ImageSet, out_dir, *,
-                   experiment: str, seed: int = 0, formulation: str = "auto", panels: str = "all",
+                   experiment: str, seed: int = 0, formulation: str | None = None, panels: str = "all",
                    fnet_weights=None, trained_fnet=None, progress: bool = True, log=print,
                    info: dict | None = None) -> dict:
     """f-Net -> C -> scores -> per-image fit -> metrics.json, scores.csv, panels (module docstring).
 
-    trained_fnet: a `pipeline.TrainedFNet` from an earlier `train_stage` (or built from a loaded
-    checkpoint: ``TrainedFNet(ckpt.fnet, ckpt.center, None, [])``) to skip the f-Net stage; its f-Net
+    trained_fnet: a `fnet.train.TrainedFNet` from an earlier `train_stage` (or a loaded checkpoint's
+    ``ckpt.trained``) to skip the f-Net stage; its f-Net
     and C are used as they are, ``reference`` may then be None. The image scorers are always fitted
     on the features of ``train``.
     """
-    from anounet_jax.engine.fit import FitResult, build_engine
+    from anounet_jax.engine.fit import Engine
     from anounet_jax.fnet.scores import DistanceScorer, LOFScorer
-    from anounet_jax.metrics import image_auroc
-    from anounet_jax.pipeline import evaluate_maps, image_scores, write_panels
+    from anounet_jax.jobs.common import check_seed, prepare_out_dir
+    from anounet_jax.maps import smooth, write_panels
+    from anounet_jax.metrics import image_auroc, map_metrics
 
     if panels not in PANEL_CHOICES:
         raise AnoUnetError(f"panels must be one of {PANEL_CHOICES}, got {panels!r}")
     if test.labels is None or len(test) == 0:
         raise AnoUnetError("the test set needs labelled images")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_seed(seed)
+    if len(train) < 2:
+        raise AnoUnetError(f"the f-Net and the image scorers need at least 2 normal training images, "
+                           f"got {len(train)}")
+    out_dir = prepare_out_dir(out_dir)
     t0 = time.perf_counter()
     fnet_given = trained_fnet is not None
     if trained_fnet is None:
@@ -225,19 +183,22 @@ def run_experiment(preset: Preset, train: ImageSet, reference: ImageSet | None, 
     fit = preset.fit
     log(f"Ano-Unet: {len(test)} test images ({int(test.labels.sum())} anomalous), beta {fit.beta:g}, "
         f"{fit.steps} steps, {fit.optimizer} lr {fit.lr:g}")
-    engine = build_engine(preset.unet, fit, fnet, center, preset.image_size, formulation)
+    if formulation is not None:  # the caller's choice over the preset's engine section
+        preset = preset.replace(engine={"formulation": formulation})
+    engine = Engine.from_preset(preset, fnet, center)
     result = engine.fit(test.images, seed=seed, progress=progress)
     t2 = time.perf_counter()
 
     ok = ~result.diverged
-    heat_scores = image_scores(result)
+    maps = smooth(result.heatmap, preset.maps.smoothing_sigma)
+    heat_scores = maps.reshape(len(maps), -1).max(1)
     fit_loss = result.loss_r + fit.beta * result.loss_c
     n_div = int(result.diverged.sum())
     if n_div:
         log(f"warning: {n_div} fits diverged; they are left out of the map-based metrics")
     kept = test.subset(ok)
     metrics = {"experiment": experiment, **(info or {})}
-    metrics.update(evaluate_maps(result.heatmap[ok], heat_scores[ok], kept) if ok.any() else
+    metrics.update(map_metrics(maps[ok], heat_scores[ok], kept.labels, kept.masks) if ok.any() else
                    {"images": 0})
     metrics["image_auroc_by_score"] = {
         "heatmap_max": metrics.get("image_auroc", float("nan")),
@@ -249,8 +210,9 @@ def run_experiment(preset: Preset, train: ImageSet, reference: ImageSet | None, 
     if panels != "none":
         show = ok if panels == "all" else ok & flagged
         idx = np.flatnonzero(show)
-        part = FitResult(**{f.name: getattr(result, f.name)[idx] for f in dataclasses.fields(FitResult)})
-        write_panels(out_dir, test.subset(idx), part)
+        shown = test.subset(idx)
+        write_panels(out_dir, shown.images, shown.ids, {"heatmap": maps[idx]}, masks=shown.masks,
+                     recon=result.recon[idx])
     with open(out_dir / "scores.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "label", "heatmap_max", "fit_loss", "lof", "l2_to_center", "lof_flagged", "diverged"])
@@ -281,7 +243,7 @@ def run_experiment(preset: Preset, train: ImageSet, reference: ImageSet | None, 
 
 def run_cifar10(preset: Preset, out_dir, *, data_dir=None, n_test: int | None = None,
                 n_reference: int = 6000, n_train: int | None = None, seed: int = 0,
-                download: bool = True, formulation: str = "auto", panels: str = "all",
+                download: bool = True, formulation: str | None = None, panels: str = "all",
                 fnet_weights=None, trained_fnet=None, progress: bool = True, log=print) -> dict:
     """CIFAR-10 horse/deer: f-Net on the training horses + ``n_reference`` images of the 8 other classes
     (`load_cifar10_anomaly`), Ano-Unet on the test horses and deer; image-level metrics only.
@@ -332,7 +294,7 @@ def dagm_reference(image_size: int, n_reference: int | None, n_per_class_default
 
 def run_dagm(preset: Preset, root, out_dir, *, class_id: int = 6, rotation_unit: str = "radians",
              n_test: int | None = None, n_reference: int | None = None, n_train: int | None = None,
-             seed: int = 0, formulation: str = "auto", panels: str = "all", fnet_weights=None,
+             seed: int = 0, formulation: str | None = None, panels: str = "all", fnet_weights=None,
              trained_fnet=None, progress: bool = True, log=print) -> dict:
     """DAGM 2007, one class (release auto-detected): f-Net on the class's normal images + the built-in
     reference images, Ano-Unet on defective test images plus normal ones for image AUROC.

@@ -6,9 +6,10 @@ on one host more than once), fits them on its local devices (the engine shards e
 and keys every image by its global position, so each image gets bitwise the result a one-process run
 gives it. The only collective is a barrier at the end of a job (`barrier`).
 
-    anounet_jax.distributed.initialize()          # on every host, before any JAX computation
-    idx = anounet_jax.distributed.share(len(images), engine.chunk_size_for(images.shape[1:]))
-    indices, result = anounet_jax.distributed.fit_share(engine, images)
+    from anounet_jax.engine import distributed
+    distributed.initialize()                      # on every host, before any JAX computation
+    chunks = distributed.owned_chunks(n_chunks)   # the chunk numbers this process works on
+    indices, result = distributed.fit_share(engine, images)
 
 `initialize()` without arguments lets `jax.distributed.initialize` read the cluster's environment
 (SLURM, Open MPI, Cloud TPU, ...); elsewhere pass the coordinator's address, the process count and
@@ -51,34 +52,33 @@ def owned_chunks(n_chunks: int, index: int | None = None, count: int | None = No
     return list(range(index, n_chunks, count))
 
 
-def share(n_items: int, chunk_size: int, index: int | None = None, count: int | None = None) -> np.ndarray:
-    """Global positions of the items this process handles: its chunks of `chunk_size`, in order."""
-    if chunk_size <= 0:
-        raise AnoUnetError(f"chunk size must be positive, got {chunk_size}")
-    n_chunks = -(-n_items // chunk_size)
-    parts = [np.arange(k * chunk_size, min((k + 1) * chunk_size, n_items))
-             for k in owned_chunks(n_chunks, index, count)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-
-
 def fit_share(engine, images: np.ndarray, seed: int = 0, index: int | None = None,
               count: int | None = None):
     """Fit this process's share of `images` (every process passes the same list, or at least arrays of
-    the same length whose owned rows are filled). Returns (global positions, FitResult), with the same
-    per-image results a one-process `engine.fit(images)` gives those positions."""
+    the same length whose owned rows are filled): the engine's chunks `owned_chunks` deals it. Returns
+    (global positions, FitResult), with the same per-image results a one-process `engine.fit(images)`
+    gives those positions (None when this process owns no chunk)."""
     from anounet_jax.engine.fit import FitResult
 
     images = np.asarray(images, np.float32)
     c = engine.chunk_size_for(images.shape[1:])
-    idx = share(len(images), c, index, count)
-    pieces = ((idx[s:s + c], images[idx[s:s + c]]) for s in range(0, len(idx), c))
-    parts = [res for _, res in engine.iter_fit(pieces, seed)]
-    if not parts:
-        return idx, None
-    return idx, FitResult.concatenate(parts)
+    mine = [np.arange(k * c, min((k + 1) * c, len(images)))
+            for k in owned_chunks(-(-len(images) // c), index, count)]
+    parts = [res for _, res in engine.iter_fit(((idx, images[idx]) for idx in mine), seed)]
+    idx = np.concatenate(mine) if mine else np.zeros(0, np.int64)
+    return idx, (FitResult.concatenate(parts) if parts else None)
 
 
 BARRIER_TIMEOUT_S = 7 * 24 * 3600  # processes finish their shares up to a chunk's time apart; wait
+
+
+def coordination_client():
+    """The coordination-service client of `jax.distributed` (None in a one-process run). JAX has no
+    public accessor for it: this is the one place that reaches into jax._src, and
+    tests/test_distributed.py fails loudly when a JAX release moves it."""
+    from jax._src import distributed as jax_distributed
+
+    return jax_distributed.global_state.client
 
 
 def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
@@ -90,9 +90,7 @@ def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
     """
     if process_count() == 1:
         return
-    from jax._src import distributed as jax_distributed  # the client has no public accessor
-
-    client = getattr(jax_distributed.global_state, "client", None)
+    client = coordination_client()
     if client is None:
         from jax.experimental import multihost_utils
 

@@ -47,9 +47,10 @@ from pathlib import Path
 import numpy as np
 
 from anounet_jax.errors import AnoUnetError
-from anounet_jax.scoring.core import (STATUS_DIVERGED, STATUS_NOT_VISUALIZED, STATUS_OK, ScoringModel,
-                                      check_visualize, ids_digest, is_failure, open_source)
-from anounet_jax.scoring.files import atomic_write, npz_bytes, png_bytes
+from anounet_jax.data.sources import open_source
+from anounet_jax.jobs.score.files import atomic_write, npz_bytes, png_bytes
+from anounet_jax.jobs.score.model import (STATUS_DIVERGED, STATUS_NOT_VISUALIZED, STATUS_OK, ScoringModel,
+                                          check_visualize, ids_digest, is_failure)
 
 JOB_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -210,22 +211,23 @@ def _read_part(path: Path, lo: int, hi: int) -> list[dict] | None:
 
 def run_score_job(inputs, checkpoint, out, *, preset=None, visualize: str = "flagged",
                   threshold: float | None = None, chunk_size: int | None = None, seed: int = 0,
-                  formulation: str = "auto", recursive: bool = False, progress: bool = True,
+                  formulation: str | None = None, recursive: bool = False, progress: bool = True,
                   log=print) -> JobSummary:
     """Score every image of `inputs` (a folder, or "embedded") into `out`; resumes a killed job.
 
     Returns a JobSummary (counts; exit_code 1 if any image failed). AnoUnetError for a missing or
     unreadable checkpoint or input folder, or an output folder holding a different job.
 
-    Multi-process (after `anounet_jax.distributed.initialize()`, every process running this with the
+    Multi-process (after `anounet_jax.engine.distributed.initialize()`, every process running this with the
     same arguments and `out` on a shared file system): process p does the chunks k with k % P == p,
     then all wait at a barrier and process 0 writes scores.csv, summary.json and the report. Outputs
     are the same bytes as a one-process run; a killed process's chunks are redone by rerunning.
     """
     from tqdm.auto import tqdm
 
-    from anounet_jax import distributed
-    from anounet_jax.scoring.report import write_report
+    from anounet_jax.engine import distributed
+    from anounet_jax.jobs.common import prepare_out_dir
+    from anounet_jax.jobs.score.report import write_report
 
     t0 = time.perf_counter()
     check_visualize(visualize)
@@ -234,12 +236,9 @@ def run_score_job(inputs, checkpoint, out, *, preset=None, visualize: str = "fla
         raise AnoUnetError(f"chunk size must be positive, got {chunk_size}")
     out = Path(out)
     model = ScoringModel(checkpoint, preset, threshold=threshold, seed=seed, formulation=formulation)
-    source = open_source(inputs, model.image_size, recursive, model.preset)
+    source = open_source(inputs, model.image_size, model.preset, recursive)
     manifest = _manifest(model, source, visualize, chunk_size, model.checkpoint.path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise AnoUnetError(f"cannot create the output folder ({e})", out) from None
+    prepare_out_dir(out)
     pidx, pcount = distributed.process_index(), distributed.process_count()
     lock = _lock(out, ".lock" if pcount == 1 else f".lock-{pidx}")
     try:

@@ -13,8 +13,11 @@ import dataclasses
 
 import numpy as np
 
-from anounet_jax.scoring.core import (STATUS_DIVERGED, STATUS_NOT_VISUALIZED, STATUS_OK, ScoringModel,
-                                      check_visualize, is_failure, open_source)
+from anounet_jax.errors import AnoUnetError
+
+from anounet_jax.data.sources import open_source
+from anounet_jax.jobs.score.model import (STATUS_DIVERGED, STATUS_NOT_VISUALIZED, STATUS_OK, ScoringModel,
+                                          check_visualize, is_failure)
 
 
 @dataclasses.dataclass
@@ -23,7 +26,7 @@ class ScoreResult:
 
     scores: float32 (N,), NaN where the image could not be used. flagged: bool (N,), score > threshold.
     heatmaps: float32 (N, H, W) and recon: float32 (N, H, W, 3), NaN for rows without maps.
-    L_R, L_C: float32 (N,), the fit's final losses, NaN for rows that were not fitted.
+    loss_r, loss_c: float32 (N,), the fit's final L_R and L_C, NaN for rows that were not fitted.
     status: "ok", "not visualized", "diverged", or the problem with the file. ids: file ids (paths
     relative to the folder) or "000000", ... for arrays.
     """
@@ -33,8 +36,8 @@ class ScoreResult:
     flagged: np.ndarray
     heatmaps: np.ndarray
     recon: np.ndarray
-    L_R: np.ndarray
-    L_C: np.ndarray
+    loss_r: np.ndarray
+    loss_c: np.ndarray
     status: list[str]
     threshold: float
 
@@ -48,7 +51,7 @@ class ScoreResult:
 
 
 def score(images_or_folder, checkpoint, preset=None, visualize: str = "flagged", *,
-          threshold: float | None = None, seed: int = 0, chunk_size: int = 32, formulation: str = "auto",
+          threshold: float | None = None, seed: int = 0, chunk_size: int = 32, formulation: str | None = None,
           recursive: bool = False, progress: bool = False) -> ScoreResult:
     """Image scores for every image and Ano-Unet maps for all / the flagged / none of them.
 
@@ -58,12 +61,15 @@ def score(images_or_folder, checkpoint, preset=None, visualize: str = "flagged",
     checkpoint: a path written by `anounet train-fnet` / `save_checkpoint`, or a loaded Checkpoint.
     preset: None (the checkpoint's preset), a name or a Preset: chooses the U-Net and the per-image
       fit (it must have the checkpoint's image size). threshold: overrides the checkpoint scorer's.
+    formulation: the engine's (None: the preset's engine.formulation; "measure" times the candidates).
     """
     from tqdm.auto import tqdm
 
     check_visualize(visualize)
     model = ScoringModel(checkpoint, preset, threshold=threshold, seed=seed, formulation=formulation)
-    source = open_source(images_or_folder, model.image_size, recursive, model.preset)
+    if int(chunk_size) <= 0:
+        raise AnoUnetError(f"chunk size must be positive, got {chunk_size}")
+    source = open_source(images_or_folder, model.image_size, model.preset, recursive)
     n, s = len(source), model.image_size
     scores = np.full(n, np.nan, np.float32)
     flagged = np.zeros(n, bool)
@@ -92,4 +98,4 @@ def score(images_or_folder, checkpoint, preset=None, visualize: str = "flagged",
                     status[r] = STATUS_DIVERGED if d else STATUS_OK
             bar.update(hi - lo)
     return ScoreResult(ids=list(source.ids), scores=scores, flagged=flagged, heatmaps=heat, recon=recon,
-                       L_R=l_r, L_C=l_c, status=status, threshold=model.threshold)
+                       loss_r=l_r, loss_c=l_c, status=status, threshold=model.threshold)

@@ -1,0 +1,138 @@
+"""The per-image fit's maths as pure module-level functions, and their compiled, sharded programs.
+
+    L_i = L_R + beta * L_C,   L_R = mean|x_i - G_i(x_i)|,   L_C = mean|f(G_i(x_i)) - C|
+
+Every image has its own U-Net parameters and optimizer state (a leading image axis on every leaf).
+The gradient of the sum of per-image losses with respect to image i's parameters is exactly dL_i
+(nothing is shared), so an image that diverges cannot change another. Only the U-Nets are per image:
+the frozen f-Net sees the batch of reconstructions at once (inference mode: samples never interact).
+
+`StepSpec` holds everything that enters the compiled programs and nothing else (not the number of
+steps, the chunk size or the map smoothing), so equal specs share one compilation. `programs(spec,
+mesh)` compiles once per spec and mesh: the image axis is split over the mesh's devices with
+`shard_map`, so every device runs the same executable on its own images (compiled once, not once per
+device). Within a device, images are vmapped ("vmap") or unrolled as batch-1 U-Nets ("unroll").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from anounet_jax.errors import AnoUnetError
+from anounet_jax.models.unet import init_unet_params
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    unet: nn.Module  # the per-image U-Net (its conv arithmetic and dtype included)
+    fnet_apply: Callable[[Any, jax.Array], jax.Array]  # the frozen f-Net (fnet.model.inference_apply)
+    beta: float
+    optimizer: str  # "sgd" | "adam"
+    lr: float
+    momentum: float
+    per_image: str  # "vmap" | "unroll"
+    steps_per_call: int = 1
+
+
+def make_optimizer(optimizer: str, lr: float, momentum: float, batch_norm: bool) -> optax.GradientTransformation:
+    """The per-image optimizer. With BatchNorm, conv biases (kept for parity with the original's
+    parameter count) are frozen: the normalization cancels them, so their gradient is pure rounding
+    noise, which Adam would rescale into full-size steps that differ between formulations."""
+    if optimizer == "sgd":
+        tx = optax.sgd(lr, momentum=momentum or None)
+    elif optimizer == "adam":
+        tx = optax.adam(lr)
+    else:
+        raise AnoUnetError(f"unknown optimizer {optimizer!r}; use 'sgd' or 'adam'")
+    if not batch_norm:
+        return tx
+
+    def labels(params):
+        def label(path, _):
+            keys = [getattr(k, "key", "") for k in path]
+            dead = keys[-1] == "bias" and any(str(k).startswith("conv") for k in keys[-2:-1])
+            return "frozen" if dead else "train"
+
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def _tx(spec: StepSpec) -> optax.GradientTransformation:
+    return make_optimizer(spec.optimizer, spec.lr, spec.momentum, spec.unet.norm == "batch")
+
+
+def _over_images(spec: StepSpec, fn):
+    """fn over the leading image axis of all its arguments: vmapped, or unrolled into batch-1 calls."""
+    if spec.per_image == "vmap":
+        return jax.vmap(fn)
+
+    def unrolled(*args):
+        n = jax.tree.leaves(args[0])[0].shape[0]
+        outs = [fn(*jax.tree.map(lambda a: a[i], args)) for i in range(n)]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    return unrolled
+
+
+def losses(spec: StepSpec, params, x, fnet_vars, center):
+    """Per-image (L, (recon, L_R, L_C)), each (N,) (recon (N, H, W, 3))."""
+    recon = _over_images(spec, lambda p, xi: spec.unet.apply({"params": p}, xi[None])[0])(params, x)
+    loss_r = jnp.mean(jnp.abs(x - recon), axis=(1, 2, 3))
+    feat = spec.fnet_apply(fnet_vars, recon.astype(jnp.float32))
+    loss_c = jnp.mean(jnp.abs(feat - center), axis=-1)
+    return loss_r + spec.beta * loss_c, (recon, loss_r, loss_c)
+
+
+def init(spec: StepSpec, keys, x):
+    """Fresh U-Net parameters and optimizer state per image, from its own key."""
+    tx = _tx(spec)
+
+    def one(key, xi):
+        params = init_unet_params(spec.unet, key, xi.shape)
+        return params, tx.init(params)
+
+    return jax.vmap(one)(keys, x)
+
+
+def train_steps(spec: StepSpec, params, opt_state, x, fnet_vars, center):
+    """spec.steps_per_call optimizer steps of every image's own fit."""
+    tx = _tx(spec)
+    for _ in range(spec.steps_per_call):
+        # d(sum_j L_j)/d params_i = dL_i/d params_i, and the cotangent of a sum is 1 whatever the
+        # values: a NaN loss cannot reach another image
+        grads = jax.grad(lambda p: jnp.sum(losses(spec, p, x, fnet_vars, center)[0]))(params)
+        updates, opt_state = jax.vmap(tx.update)(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    return params, opt_state
+
+
+def evaluate(spec: StepSpec, params, x, fnet_vars, center):
+    """(recon, L_R, L_C) of the current parameters."""
+    return losses(spec, params, x, fnet_vars, center)[1]
+
+
+@functools.lru_cache(maxsize=64)
+def programs(spec: StepSpec, mesh: Mesh) -> dict:
+    """The jitted init / train_steps / evaluate for `spec`, the image axis split over `mesh`
+    (cached per process: the cache holds specs and meshes, never an Engine or its buffers)."""
+    img, rep = P("images"), P()
+
+    def per_device(fn, in_specs, out_specs):
+        return jax.shard_map(functools.partial(fn, spec), mesh=mesh, in_specs=in_specs,
+                             out_specs=out_specs, check_vma=False)
+
+    return dict(
+        init=jax.jit(per_device(init, (img, img), (img, img))),
+        steps=jax.jit(per_device(train_steps, (img, img, img, rep, rep), (img, img)), donate_argnums=(0, 1)),
+        evaluate=jax.jit(per_device(evaluate, (img, img, rep, rep), (img, img, img))),
+        images=NamedSharding(mesh, img), replicated=NamedSharding(mesh, rep),
+    )

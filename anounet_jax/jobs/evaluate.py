@@ -1,0 +1,240 @@
+"""`anounet evaluate`: Ano-Unet and the baselines on one data set, under one protocol, in one table.
+
+    from anounet_jax.jobs.evaluate import evaluate
+    m = evaluate("mvtec_anomaly_detection/carpet", "small", ["ano-unet", "autoencoder"], "runs/carpet")
+    m = evaluate("embedded", "small", None, "runs/embedded")     # the embedded default data, all methods
+    m["ano-unet"]["pixel_auroc"], m["settings"]
+
+The protocol, the same for every method:
+
+  data       DATA is a data source (data/sources.py): an MVTec AD category folder (train/good,
+             test/<group>, ground_truth/<defect>), "embedded[:CATEGORY]" or "synthetic:FAMILY", read
+             at the preset's image size.
+  training   from the normal training images only. The f-Net (Ano-Unet's L_C target and the DOC
+             decoder's input) is trained once, on the normal images + the built-in reference images
+             (`load_reference`), and shared by both; C is the mean f-Net feature of the normal images.
+  maps       every method (anounet_jax.methods) gives a raw map per test image; the harness smooths all
+             of them with one Gaussian sigma (`smoothing`, default the preset's maps.smoothing_sigma).
+  image      "image_auroc": each method's own image score. Ano-Unet: the max of its smoothed map (as
+             the demo). Autoencoder, DOC decoder: the sum of the raw map. AnoGAN: the
+             latent-search loss L(z*) (`BaselineResult.score`). "image_auroc_map_max": the max of the
+             smoothed map for every method, so the methods are comparable on one score (for Ano-Unet
+             the two are the same number).
+  pixel      "pixel_auroc" and "aupro" (FPR limit 0.3) of the smoothed maps against the masks.
+  seconds    wall time the method needs on its own: its training and its maps, plus the shared f-Net
+             training for ano-unet and doc-decoder ("seconds_parts" splits it).
+  diverged   images whose raw map or score is not finite (a diverged fit); those values count as +inf
+             (most anomalous), so one bad image cannot abort the evaluation.
+
+Outputs in out_dir: metrics.json (one entry per method + "settings"), metrics.md (a Markdown table),
+panels/<id>.png (image | true mask | one overlay per method; each method's overlays share one colour
+scale: 0 to the 99.5th percentile of all its smoothed maps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from anounet_jax.config import Preset, get_preset
+from anounet_jax.errors import AnoUnetError
+from anounet_jax.methods import METHODS, MethodInputs, parse_methods
+
+
+def defect_kind(ident: str) -> str:
+    """"test/scratch/003" -> "scratch" (MVTec AD, embedded and synthetic ids)."""
+    parts = ident.split("/")
+    return parts[-2] if len(parts) >= 2 else "unknown"
+
+
+def _by_kind(maps, score, test) -> dict:
+    """Metrics per defect kind: the images of that kind against the good ones."""
+    from anounet_jax.metrics import map_metrics
+
+    kinds = np.array([defect_kind(i) for i in test.ids])
+    good = test.labels == 0
+    out = {}
+    for kind in sorted(set(kinds[~good].tolist())):
+        idx = np.flatnonzero(good | (kinds == kind))
+        out[kind] = map_metrics(maps[idx], score[idx], test.labels[idx], test.masks[idx])
+    return out
+
+
+def _finite_or_inf(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float32)
+    return np.where(np.isfinite(a), a, np.float32(np.inf))
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def markdown_table(metrics: dict) -> str:
+    """The methods of a metrics dict (as `evaluate` returns) as a Markdown table with a legend."""
+    s = metrics.get("settings", {})
+    lines = []
+    if s:
+        lines.append(f"data: {s['data']} ({s['n_train']} normal training images; {s['n_test']} test images: "
+                     f"{s['n_test_good']} good, {s['n_test_defect']} defective; {s['image_size']}x"
+                     f"{s['image_size']}), preset {s['preset']}, smoothing sigma {s['smoothing_sigma']}, "
+                     f"seed {s['seed']}")
+        lines.append("")
+    lines += ["| method | image AUROC | image AUROC (map max) | pixel AUROC | AUPRO | seconds | images |",
+              "|---|---|---|---|---|---|---|"]
+    for name, m in metrics.items():
+        if name == "settings":
+            continue
+        lines.append(f"| {name} | {_fmt(m.get('image_auroc'))} | {_fmt(m.get('image_auroc_map_max'))} | "
+                     f"{_fmt(m.get('pixel_auroc'))} | {_fmt(m.get('aupro'))} | {m['seconds']:.1f} | "
+                     f"{m['images']} |")
+    lines.append("")
+    scores = "; ".join(f"{k}: {v.image_score}" for k, v in METHODS.items() if k in metrics)
+    lines.append(f"image AUROC: each method's own image score ({scores}). image AUROC (map max): the max of "
+                 f"the smoothed map, for every method. Pixel AUROC and AUPRO (FPR <= 0.3) on the smoothed "
+                 f"maps. seconds: training + maps of the method alone (for ano-unet and doc-decoder "
+                 f"including the shared f-Net training"
+                 + (f", {s['seconds']['fnet']:.1f} s" if s.get("seconds", {}).get("fnet") is not None else "")
+                 + ").")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: int = 0,
+             progress: bool = True, *, smoothing: float | None = None, baselines=None, log=None) -> dict:
+    """Train and evaluate `methods` on `data` under one protocol (module docstring); write metrics.json,
+    metrics.md and panels/ into out_dir and return the metrics dict.
+
+    data: a data source (data/sources.py). preset: a name or a `Preset` (its engine section picks the
+    Ano-Unet formulation). methods: a list or a comma-separated string of `anounet_jax.methods`
+    names (None = all). smoothing: Gaussian sigma of the maps (None = preset.maps.smoothing_sigma).
+    baselines: a `BaselineConfigs` (None = `baseline_config(preset.name)`). log: a print-like function
+    for progress lines (None = print when `progress`).
+
+    Raises AnoUnetError for an unknown method or preset, a bad sigma or seed, an unwritable out_dir, or
+    a missing / malformed folder, before anything is trained.
+    """
+    from anounet_jax.baselines.configs import baseline_config
+    from anounet_jax.data.embedded import load_reference
+    from anounet_jax.data.sources import load_labelled
+    from anounet_jax.fnet.train import train_fnet
+    from anounet_jax.jobs.common import check_seed, prepare_out_dir
+    from anounet_jax.maps import smooth, write_panels
+    from anounet_jax.metrics import map_metrics
+
+    t_start = time.perf_counter()
+    log = log or (print if progress else (lambda *a, **k: None))
+    methods = parse_methods(methods)
+    seed = check_seed(seed)
+    if not isinstance(preset, Preset):
+        preset = get_preset(str(preset))
+    sigma = preset.maps.smoothing_sigma if smoothing is None else float(smoothing)
+    if not sigma >= 0.0:
+        raise AnoUnetError(f"smoothing sigma must be >= 0, got {smoothing!r}")
+    from anounet_jax.engine.fit import check_formulation
+
+    check_formulation(preset.engine.formulation)
+    baselines = baselines or baseline_config(preset.name)
+
+    t0 = time.perf_counter()
+    ds = load_labelled(data, preset, seed)
+    train, test = ds.train, ds.test
+    if test.masks is None or test.labels is None:
+        raise AnoUnetError(f"test images of {ds.name} have no masks / labels")
+    out_dir = prepare_out_dir(out_dir)
+    n_defect = int(np.sum(test.labels == 1))
+    log(f"data: {ds.name}: {len(train)} normal training images, {len(test)} test images "
+        f"({len(test) - n_defect} good, {n_defect} defective) at {preset.image_size}x{preset.image_size}; "
+        f"preset {preset.name}, methods {','.join(methods)}, smoothing sigma {sigma}")
+    seconds = {"data": time.perf_counter() - t0}
+
+    trained, n_reference = None, 0
+    if any(METHODS[m].needs_fnet for m in methods):
+        t0 = time.perf_counter()
+        reference = load_reference(ds.category, preset.image_size, preset.data.n_reference_per_class, seed)
+        n_reference = len(reference)
+        log(f"f-Net ({preset.fnet.arch}, {preset.fnet.method}): {len(train)} normal + {n_reference} "
+            f"reference images ({len(set(reference.labels.tolist()))} classes)")
+        trained = train_fnet(preset.fnet, train, reference, seed=seed, progress=progress)
+        del reference
+        seconds["fnet"] = time.perf_counter() - t0
+
+    results: dict[str, dict] = {}
+    smoothed: dict[str, np.ndarray] = {}
+    info: dict = {}
+    inputs = MethodInputs(train, test.images, preset, baselines, trained, seed, progress)
+    for name in methods:
+        method = METHODS[name]
+        t0 = time.perf_counter()
+        log(f"{name}: training and maps")
+        out = method.run(inputs)
+        elapsed = time.perf_counter() - t0
+        info.update(out.info)
+        raw = _finite_or_inf(out.heatmap)
+        diverged = np.asarray(out.diverged) | ~np.isfinite(raw).reshape(len(raw), -1).all(1)
+        maps = smooth(raw, sigma)
+        score = maps.reshape(len(maps), -1).max(1) if out.score is None else _finite_or_inf(out.score)
+        m = map_metrics(maps, score, test.labels, test.masks)
+        m["by_kind"] = _by_kind(maps, score, test)
+        parts = {"fnet": round(seconds["fnet"], 1)} if method.needs_fnet else {}
+        parts.update(train_and_maps=round(elapsed, 1))
+        m.update(seconds=round(sum(parts.values()), 1), seconds_parts=parts,
+                 image_score=method.image_score, diverged=int(diverged.sum()))
+        results[name] = m
+        smoothed[name] = maps
+        log(f"{name}: image AUROC {_fmt(m['image_auroc'])} (map max {_fmt(m['image_auroc_map_max'])}), "
+            f"pixel AUROC {_fmt(m['pixel_auroc'])}, AUPRO {_fmt(m['aupro'])}, {elapsed:.1f} s")
+
+    t0 = time.perf_counter()
+    n_panels = write_panels(out_dir, test.images, test.ids, smoothed, masks=test.masks)
+    seconds["panels"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - t_start
+
+    import jax
+
+    results["settings"] = {
+        "data": ds.name,
+        "preset": preset.name,
+        "methods": methods,
+        "image_size": preset.image_size,
+        "smoothing_sigma": sigma,
+        "seed": seed,
+        "n_train": len(train),
+        "n_reference": n_reference,
+        "n_test": len(test),
+        "n_test_good": len(test) - n_defect,
+        "n_test_defect": n_defect,
+        "aupro_fpr_limit": 0.3,
+        "image_score": {k: METHODS[k].image_score for k in methods},
+        "image_score_map_max": "max of the smoothed map (every method)",
+        "engine_formulation": info.get("engine_formulation"),
+        "panels": n_panels,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "backend": jax.default_backend(),
+        "devices": jax.local_device_count(),
+        "jax": jax.__version__,
+        "machine": machine_description(),
+        "preset_config": preset.to_dict(),
+        "baseline_config": {f.name: dataclasses.asdict(getattr(baselines, f.name))
+                            for f in dataclasses.fields(baselines)},
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "metrics.md").write_text(markdown_table(results))
+    return results
+
+
+def machine_description() -> str:
+    """CPU model and core count (no host name), e.g. "Intel Xeon ... (2 cores, x86_64)"."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({os.cpu_count()} cores, {platform.machine()})"

@@ -1,0 +1,136 @@
+"""Every method `anounet evaluate` compares, behind one interface, in one registry.
+
+A method turns normal training images and test images into raw maps (not smoothed: the map step
+smooths every method alike) and, where it has one, its own image score:
+
+    out = METHODS["autoencoder"].run(MethodInputs(train, test_images, preset, seed=0))
+    out.heatmap (N, H, W), out.score (N,) or None (then the map's max is the score), out.diverged (N,)
+
+Methods that need the f-Net (`needs_fnet`) get the job's one trained f-Net in `inputs.trained`: it is
+trained once and shared. To add a method: write a `run` function and `register(Method(...))` it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from anounet_jax.data.types import ImageSet
+from anounet_jax.errors import AnoUnetError
+
+
+@dataclasses.dataclass
+class MethodInputs:
+    train: ImageSet  # normal training images
+    test_images: np.ndarray  # (N, H, W, 3)
+    preset: object  # config.Preset
+    baselines: object = None  # baselines.BaselineConfigs (None: baseline_config(preset.name))
+    trained: object = None  # fnet.train.TrainedFNet, for methods that need the f-Net
+    seed: int = 0
+    progress: bool = False
+
+
+@dataclasses.dataclass
+class MethodOutput:
+    heatmap: np.ndarray  # (N, H, W) raw map
+    score: np.ndarray | None  # (N,) the method's own image score, or None (the map's max)
+    diverged: np.ndarray  # (N,) bool
+    info: dict = dataclasses.field(default_factory=dict)  # e.g. the engine formulation
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    run: Callable[[MethodInputs], MethodOutput]
+    image_score: str  # what its own image score is, for the tables
+    needs_fnet: bool = False
+
+
+METHODS: dict[str, Method] = {}
+ALIASES = {"anounet": "ano-unet", "ano-u-net": "ano-unet", "docdecoder": "doc-decoder", "doc": "doc-decoder",
+           "ae": "autoencoder", "patchcore": "feature-memory", "memory": "feature-memory"}
+
+
+def register(method: Method) -> Method:
+    METHODS[method.name] = method
+    return method
+
+
+def parse_methods(methods) -> list[str]:
+    """Method names from a list or a comma-separated string (None = all), in the given order, without
+    repeats. Case, "_" for "-" and a few aliases ("anounet", "doc", "ae") are accepted."""
+    if methods is None:
+        return list(METHODS)
+    if isinstance(methods, str):
+        methods = methods.split(",")
+    out = []
+    for m in methods:
+        key = str(m).strip().lower().replace("_", "-")
+        if not key:
+            continue
+        key = ALIASES.get(key, key)
+        if key not in METHODS:
+            raise AnoUnetError(f"unknown method {str(m).strip()!r}; choose from {','.join(METHODS)}")
+        if key not in out:
+            out.append(key)
+    if not out:
+        raise AnoUnetError(f"no method given; choose from {','.join(METHODS)}")
+    return out
+
+
+def _configs(inputs: MethodInputs):
+    from anounet_jax.baselines.configs import baseline_config
+
+    return inputs.baselines or baseline_config(inputs.preset.name)
+
+
+def _from_baseline(res) -> MethodOutput:
+    return MethodOutput(res.heatmap, res.score, res.diverged)
+
+
+def _ano_unet(inputs: MethodInputs) -> MethodOutput:
+    from anounet_jax.engine.fit import Engine
+
+    engine = Engine.from_preset(inputs.preset, inputs.trained.fnet, inputs.trained.center)
+    res = engine.fit(inputs.test_images, seed=inputs.seed, progress=inputs.progress)
+    return MethodOutput(res.heatmap, None, res.diverged, {"engine_formulation": engine.formulation})
+
+
+def _autoencoder(inputs: MethodInputs) -> MethodOutput:
+    from anounet_jax.baselines import autoencoder
+
+    model = autoencoder.train(inputs.train, _configs(inputs).autoencoder, seed=inputs.seed,
+                              progress=inputs.progress)
+    return _from_baseline(model.score_maps(inputs.test_images))
+
+
+def _doc_decoder(inputs: MethodInputs) -> MethodOutput:
+    from anounet_jax.baselines import doc_decoder
+
+    model = doc_decoder.train(inputs.train, inputs.trained.fnet, _configs(inputs).doc_decoder,
+                              seed=inputs.seed, progress=inputs.progress)
+    return _from_baseline(model.score_maps(inputs.test_images))
+
+
+def _anogan(inputs: MethodInputs) -> MethodOutput:
+    from anounet_jax.baselines import anogan
+
+    model = anogan.train(inputs.train, _configs(inputs).anogan, seed=inputs.seed, progress=inputs.progress)
+    return _from_baseline(model.score_maps(inputs.test_images, seed=inputs.seed, progress=inputs.progress))
+
+
+def _feature_memory(inputs: MethodInputs) -> MethodOutput:
+    from anounet_jax.baselines import feature_memory
+
+    model = feature_memory.train(inputs.train, inputs.trained.fnet, inputs.preset.fnet,
+                                 _configs(inputs).feature_memory, seed=inputs.seed, progress=inputs.progress)
+    return _from_baseline(model.score_maps(inputs.test_images))
+
+
+register(Method("ano-unet", _ano_unet, "max of the smoothed map", needs_fnet=True))
+register(Method("autoencoder", _autoencoder, "sum of the raw map"))
+register(Method("doc-decoder", _doc_decoder, "sum of the raw map", needs_fnet=True))
+register(Method("anogan", _anogan, "latent-search loss L(z*)"))
+register(Method("feature-memory", _feature_memory, "max nearest-neighbour patch distance", needs_fnet=True))
