@@ -109,3 +109,31 @@ def test_cli_errors(tmp_path, capsys, mvtec_dir):
     assert "unknown method 'nonsense'" in err
     _one_line_error(capsys, ["evaluate", "embedded", "--out", str(tmp_path / "o"), "--preset", "huge"])
     assert not (tmp_path / "o").exists()  # nothing written before the inputs are checked
+
+
+def test_every_synthetic_family_loads_as_an_evaluation_set():
+    from anounet_jax.config import TINY
+    from anounet_jax.data.sources import load_labelled
+    from anounet_jax.data.synthetic import FAMILIES
+
+    small = TINY.replace(data={"n_train": 4, "n_test_good": 1, "n_test_defect": 2})
+    for family in FAMILIES:
+        d = load_labelled(f"synthetic:{family}", small)
+        assert d.name == f"synthetic {family}" and len(d.train) == 4 and len(d.test) == 3
+        assert d.test.masks[d.test.labels == 1].any(axis=(1, 2)).all()  # every defect has mask pixels
+
+
+def test_cli_evaluates_a_synthetic_family_and_records_its_settings(tmp_path, capsys):
+    out = tmp_path / "weave"
+    argv = ["evaluate", "synthetic:weave", "--preset", "tiny", "--methods", "autoencoder", "--out", str(out),
+            "--set", "data.n_train=16", "--set", "data.n_test_defect=4", "--quiet"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["data"] == "synthetic weave" and metrics["settings"]["n_train"] == 16
+    assert set(metrics["autoencoder"]["by_kind"]) <= {"dark_spot", "bright_spot", "scratch", "orientation",
+                                                      "missing_detail", "extra_detail", "colour_shift",
+                                                      "foreign_patch"}
+    from anounet_jax.settings import preset_from_record
+
+    again = preset_from_record(out / "config.json")  # the run's settings, ready to run again
+    assert again.data.n_train == 16 and again.data.n_test_defect == 4 and again.name == "tiny"

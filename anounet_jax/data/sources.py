@@ -123,7 +123,7 @@ class FolderSource:
     def __init__(self, root, image_size: int, recursive: bool = False):
         self.folder = ImageFolder(root, size=image_size, recursive=recursive)
         self.ids = self.folder.ids
-        self.description = str(Path(root).absolute())
+        self.description = str(root)  # as the user named it: reports show no machine-specific path
 
     def __len__(self):
         return len(self.folder)

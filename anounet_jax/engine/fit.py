@@ -66,9 +66,6 @@ class FitResult:
         return FitResult(*(np.concatenate([getattr(p, f.name) for p in parts])
                            for f in dataclasses.fields(FitResult)))
 
-    def take(self, index) -> "FitResult":
-        return FitResult(*(getattr(self, f.name)[index] for f in dataclasses.fields(FitResult)))
-
 
 def check_formulation(name: str) -> str:
     """A valid formulation name (including "auto" and "measure"), or a one-line error."""

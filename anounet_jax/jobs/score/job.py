@@ -40,6 +40,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -237,7 +238,8 @@ def run_score_job(inputs, checkpoint, out, *, preset=None, visualize: str = "fla
     out = Path(out)
     model = ScoringModel(checkpoint, preset, threshold=threshold, seed=seed, formulation=formulation)
     source = open_source(inputs, model.image_size, model.preset, recursive)
-    manifest = _manifest(model, source, visualize, chunk_size, model.checkpoint.path)
+    given = checkpoint if isinstance(checkpoint, (str, os.PathLike)) else model.checkpoint.path
+    manifest = _manifest(model, source, visualize, chunk_size, given)
     prepare_out_dir(out)
     pidx, pcount = distributed.process_index(), distributed.process_count()
     lock = _lock(out, ".lock" if pcount == 1 else f".lock-{pidx}")
