@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _settings(p)
     _formulation(p)
     p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
-    p.add_argument("--category", choices=("brick", "grass"), default=None, help="embedded texture")
+    p.add_argument("--category", choices=("brick", "grass", "gravel"), default=None, help="embedded texture")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("evaluate", help="Ano-Unet and the baselines on one data set: metrics, panels")

@@ -41,7 +41,7 @@ RULES: dict[str, tuple] = {
     "fnet.epochs": POSITIVE,
     "fit.steps": POSITIVE, "fit.beta": NON_NEGATIVE, "fit.optimizer": ("sgd", "adam"),
     "fit.lr": POSITIVE, "fit.momentum": NON_NEGATIVE,
-    "data.category": ("brick", "grass"), "data.n_train": POSITIVE, "data.n_reference_per_class": POSITIVE,
+    "data.category": ("brick", "grass", "gravel"), "data.n_train": POSITIVE, "data.n_reference_per_class": POSITIVE,
     "data.n_test_good": NON_NEGATIVE, "data.n_test_defect": POSITIVE,
     "maps.smoothing_sigma": NON_NEGATIVE, "engine.chunk_size": POSITIVE,
     "engine.formulation": FORMULATION_CHOICES,

@@ -6,8 +6,9 @@
 - test: normal test patches plus patches with one planted defect each (scratch, spot, smudge,
   cut-paste of the same texture at the wrong scale, stain) and its exact pixel mask.
 - reference (metric learning): patches of the other bundled pictures, one class each, plus
-  procedurally generated textures of several statistics. `skimage.data.gravel()` is never used: it is
-  kept free for independent evaluation.
+  procedurally generated textures of several statistics. `skimage.data.gravel()` is never a reference
+  class: it is kept free for independent evaluation (the category "gravel", a real-image family that
+  no preset was tuned on).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from anounet_jax.data.types import ImageSet
 from anounet_jax.errors import AnoUnetError
 
 NATIVE_PATCH = 96  # source pixels per patch side before resizing to the preset's size
-NORMAL_SOURCES = {"brick": skd.brick, "grass": skd.grass}
+NORMAL_SOURCES = {"brick": skd.brick, "grass": skd.grass}  # also reference classes for each other
+EVALUATION_ONLY = {"gravel": skd.gravel}  # a normal category, never a reference class
+CATEGORIES = (*NORMAL_SOURCES, *EVALUATION_ONLY)
 REFERENCE_PICTURES = ("astronaut", "camera", "coffee", "chelsea", "coins", "moon", "page", "text",
                       "rocket", "retina", "hubble_deep_field", "immunohistochemistry", "cell", "clock",
                       "colorwheel")
@@ -144,9 +147,10 @@ def plant_defect(img: np.ndarray, kind: str, rng, texture: np.ndarray | None = N
 
 # ---------------- the data set ----------------
 def _normal_source(category: str, image_size: int) -> np.ndarray:
-    if category not in NORMAL_SOURCES:
-        raise AnoUnetError(f"unknown embedded category {category!r}; use one of {sorted(NORMAL_SOURCES)}")
-    return _rescaled(_rgb01(NORMAL_SOURCES[category]()), image_size / NATIVE_PATCH)
+    sources = {**NORMAL_SOURCES, **EVALUATION_ONLY}
+    if category not in sources:
+        raise AnoUnetError(f"unknown embedded category {category!r}; use one of {list(CATEGORIES)}")
+    return _rescaled(_rgb01(sources[category]()), image_size / NATIVE_PATCH)
 
 
 def load_normal(category: str, image_size: int, n: int, seed: int = 0) -> ImageSet:
