@@ -25,11 +25,13 @@ def blocker(tmp_path):
 
 def test_unwritable_output_folders_are_refused_before_training(capsys, blocker, tmp_path, monkeypatch):
     import anounet_jax.fnet.train as fnet_train
+    import anounet_jax.jobs.demo as demo  # imported before patching: it binds train_fnet at import
 
     def no_training(*a, **k):
         raise AssertionError("training started before the output folder was checked")
 
     monkeypatch.setattr(fnet_train, "train_fnet", no_training)
+    monkeypatch.setattr(demo, "train_fnet", no_training)
     err = _one_line(capsys, ["demo", "--preset", "tiny", "--out", str(blocker / "demo"), "--quiet"])
     assert str(blocker / "demo") in err and "output folder" in err
     err = _one_line(capsys, ["evaluate", "embedded", "--preset", "tiny", "--out", str(blocker / "ev"),
