@@ -9,8 +9,9 @@ of data sources ("embedded", "synthetic:weave", an MVTec AD category folder).
 --ablation adds Ano-Unet with beta 0 (the per-image fit alone, no f-Net term) as "ano-unet[beta=0]".
 
 Every data set runs `anounet_jax.jobs.evaluate.evaluate` (one shared f-Net, the same smoothing for
-every method's maps) into OUT/<name>/ and is skipped when its metrics.json already holds every asked
-method (resumable: rerun the same command after an interruption). Prints the Markdown tables and
+every method's maps) into OUT/<name>/<methods>/ for the methods OUT/<name>/metrics.json does not hold
+yet, and merges them there (resumable: rerun the same command after an interruption, or with more
+methods; with the same seed an f-Net trained again is the same f-Net). Prints the Markdown tables and
 writes OUT/summary.md and OUT/summary.json.
 """
 
@@ -101,10 +102,15 @@ def main(argv=None) -> int:
         for source in _sources(args.data):
             name = source.replace("synthetic:", "").replace("/", "_")
             out = Path(args.out) / name
-            done = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
-            if not all(k in done for k in methods):
-                done = evaluate(source, args.preset, methods, out, seed=args.seed, progress=not args.quiet,
-                                log=lambda *a: print(*a, file=sys.stderr))
+            merged = out / "metrics.json"
+            done = json.loads(merged.read_text()) if merged.is_file() else {}
+            missing = [k for k in methods if k not in done]
+            if missing:  # only the methods not run yet (a method needing the f-Net trains it again)
+                part = evaluate(source, args.preset, missing, out / "+".join(missing), seed=args.seed,
+                                progress=not args.quiet, log=lambda *a: print(*a, file=sys.stderr))
+                done = {**done, **{k: part[k] for k in missing}, "settings": done.get("settings", part["settings"])}
+                out.mkdir(parents=True, exist_ok=True)
+                merged.write_text(json.dumps(done, indent=2))
             results[name] = done
             print(f"{name}: done ({time.perf_counter() - t0:.0f} s so far)", file=sys.stderr, flush=True)
     except AnoUnetError as e:

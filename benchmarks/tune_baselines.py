@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--families", default="tiles,grain,leather",
                     help="tuning | comma-separated TUNING family names (default: %(default)s)")
     ap.add_argument("--skip-fm", action="store_true", help="autoencoder only (no f-Net training)")
+    ap.add_argument("--ae-latent", default=None, help="comma-separated latents (default: the grid's)")
+    ap.add_argument("--ae-epochs", default=None, help="comma-separated epoch counts (default: the grid's)")
     args = ap.parse_args(argv)
     from anounet_jax.engine.devices import enable_compilation_cache, split_cpu_into_devices
 
@@ -53,6 +55,11 @@ def main(argv=None) -> int:
     families = TUNING if args.families == "tuning" else tuple(args.families.split(","))
     if set(families) - set(TUNING):
         raise SystemExit(f"tune only on TUNING families {TUNING}, not {sorted(set(families) - set(TUNING))}")
+    grid = dict(AE_GRID)
+    if args.ae_latent:
+        grid["latent"] = [int(v) for v in args.ae_latent.split(",")]
+    if args.ae_epochs:
+        grid["epochs"] = [int(v) for v in args.ae_epochs.split(",")]
     rows = []
 
     def score(method, cfg_desc, family, res, seconds):
@@ -65,7 +72,7 @@ def main(argv=None) -> int:
     for family in families:
         data = load_labelled(f"synthetic:{family}", preset)
         test = data.test
-        for width, latent, epochs in itertools.product(*AE_GRID.values()):
+        for width, latent, epochs in itertools.product(*grid.values()):
             cfg = dataclasses.replace(base.autoencoder, width=width, latent=latent, epochs=epochs)
             t = time.perf_counter()
             res = autoencoder.train(data.train, cfg, seed=0).score_maps(test.images)

@@ -83,7 +83,8 @@ def baseline_config(preset_name: str) -> BaselineConfigs:
             FeatureMemoryConfig(coreset_fraction=0.05, max_memory=2000, batch_size=16),
         ),
         "small": BaselineConfigs(
-            AutoencoderConfig(width=16, depth=4, latent=64, epochs=12, batch_size=32, lr=2e-3),
+            # tuned on the TUNING families (benchmarks/results/tune_baselines_small.md)
+            AutoencoderConfig(width=16, depth=4, latent=256, epochs=100, batch_size=32, lr=2e-3),
             DocDecoderConfig(width=16, depth=4, epochs=12, batch_size=32, lr=2e-3),
             AnoGANConfig(width=8, depth=4, latent=64, epochs=10, batch_size=32, search_steps=500,
                          search_lr=0.05, chunk_size=64),
