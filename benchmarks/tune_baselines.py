@@ -25,6 +25,8 @@ import numpy as np
 # at 2.5x the time; a wider latent and longer training were far better (pixel AUROC 0.63 -> 0.79).
 AE_GRID = {"width": [16], "latent": [256, 1024], "epochs": [40, 100]}
 FM_LAYERS = [("stride4", "stride8"), ("stride8", "stride16"), ("stride4", "stride8", "stride16")]
+DOC_EPOCHS = [12, 50, 100]  # the DOC decoder: f-Net feature -> image
+GAN_EPOCHS = [10, 40]  # AnoGAN's DCGAN training (the latent search keeps its 500 steps)
 
 
 def main(argv=None) -> int:
@@ -33,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--families", default="tiles,grain,leather",
                     help="tuning | comma-separated TUNING family names (default: %(default)s)")
     ap.add_argument("--skip-fm", action="store_true", help="autoencoder only (no f-Net training)")
+    ap.add_argument("--methods", default="autoencoder,feature-memory",
+                    help="which to tune: autoencoder, feature-memory, doc-decoder, anogan")
     ap.add_argument("--ae-latent", default=None, help="comma-separated latents (default: the grid's)")
     ap.add_argument("--ae-epochs", default=None, help="comma-separated epoch counts (default: the grid's)")
     args = ap.parse_args(argv)
@@ -40,7 +44,7 @@ def main(argv=None) -> int:
 
     split_cpu_into_devices()
     enable_compilation_cache()
-    from anounet_jax.baselines import autoencoder, feature_memory
+    from anounet_jax.baselines import anogan, autoencoder, doc_decoder, feature_memory
     from anounet_jax.baselines.configs import baseline_config
     from anounet_jax.config import get_preset
     from anounet_jax.data.embedded import load_reference
@@ -72,17 +76,28 @@ def main(argv=None) -> int:
     for family in families:
         data = load_labelled(f"synthetic:{family}", preset)
         test = data.test
-        for width, latent, epochs in itertools.product(*grid.values()):
+        todo = args.methods.split(",")
+        for width, latent, epochs in (itertools.product(*grid.values()) if "autoencoder" in todo else ()):
             cfg = dataclasses.replace(base.autoencoder, width=width, latent=latent, epochs=epochs)
             t = time.perf_counter()
             res = autoencoder.train(data.train, cfg, seed=0).score_maps(test.images)
             score("autoencoder", f"width {width}, latent {latent}, {epochs} epochs", family, res,
                   time.perf_counter() - t)
-        if args.skip_fm:
+        for epochs in (GAN_EPOCHS if "anogan" in todo else ()):
+            cfg = dataclasses.replace(base.anogan, epochs=epochs)
+            t = time.perf_counter()
+            res = anogan.train(data.train, cfg, seed=0).score_maps(test.images, seed=0)
+            score("anogan", f"{epochs} epochs", family, res, time.perf_counter() - t)
+        if args.skip_fm or not {"feature-memory", "doc-decoder"} & set(todo):
             continue
         reference = load_reference(family, preset.image_size, preset.data.n_reference_per_class)
         trained = train_fnet(preset.fnet, data.train, reference, progress=False)
-        for layers in FM_LAYERS:
+        for epochs in (DOC_EPOCHS if "doc-decoder" in todo else ()):
+            cfg = dataclasses.replace(base.doc_decoder, epochs=epochs)
+            t = time.perf_counter()
+            res = doc_decoder.train(data.train, trained.fnet, cfg, seed=0).score_maps(test.images)
+            score("doc-decoder", f"{epochs} epochs", family, res, time.perf_counter() - t)
+        for layers in (FM_LAYERS if "feature-memory" in todo else ()):
             cfg = dataclasses.replace(base.feature_memory, layers=layers)
             t = time.perf_counter()
             res = feature_memory.train(data.train, trained.fnet, preset.fnet, cfg).score_maps(test.images)

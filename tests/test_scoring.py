@@ -289,3 +289,25 @@ def test_import_stays_light():
     code = ("import sys, anounet_jax; assert callable(anounet_jax.__getattr__); "
             "assert 'jax' not in sys.modules and 'anounet_jax.jobs.score' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_score_refuses_bad_thresholds_and_unwritable_outputs_before_scoring(tmp_path, ckpt, images, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for threshold in ("-1", "nan", "inf"):
+        assert cli.main(_score_args(images, ckpt[0], tmp_path / "o", "--threshold", threshold)) == 2
+        err = capsys.readouterr().err
+        assert "threshold" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+    assert cli.main(_score_args(images, ckpt[0], blocker / "out")) == 2
+    err = capsys.readouterr().err
+    assert "output folder" in err and str(blocker / "out") in err and "Traceback" not in err
+
+
+def test_python_api_measures_the_formulation_on_the_first_chunk(ckpt, images):
+    import anounet_jax
+
+    files = sorted(images.iterdir())[:2]
+    x = np.stack([np.asarray(Image.open(p), np.float32) * np.float32(1 / 255) for p in files])
+    res = anounet_jax.score(x, str(ckpt[0]), visualize="all", formulation="measure")
+    assert res.status == ["ok", "ok"] and np.isfinite(res.heatmaps).all()
