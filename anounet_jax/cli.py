@@ -174,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     _settings(p)
     _formulation(p)
     p.add_argument("--out", required=True, help="output folder: metrics.json, metrics.md, panels/")
-    p.add_argument("--methods", default="ano-unet,autoencoder,doc-decoder,anogan",
-                   help="comma-separated methods (default: %(default)s; also feature-memory)")
+    p.add_argument("--methods", default="ano-unet,autoencoder,doc-decoder,anogan,feature-memory",
+                   help="comma-separated methods (default: %(default)s)")
     p.add_argument("--smoothing", type=float, default=None,
                    help="Gaussian sigma for every method's maps (default: the preset's maps.smoothing_sigma)")
     p.set_defaults(func=cmd_evaluate)

@@ -85,7 +85,7 @@ def baseline_config(preset_name: str) -> BaselineConfigs:
         "small": BaselineConfigs(
             # tuned on the TUNING families (benchmarks/results/tune_baselines_small.md)
             AutoencoderConfig(width=16, depth=4, latent=256, epochs=100, batch_size=32, lr=2e-3),
-            DocDecoderConfig(width=16, depth=4, epochs=12, batch_size=32, lr=2e-3),
+            DocDecoderConfig(width=16, depth=4, epochs=50, batch_size=32, lr=2e-3),  # tuned like the AE
             AnoGANConfig(width=8, depth=4, latent=64, epochs=10, batch_size=32, search_steps=500,
                          search_lr=0.05, chunk_size=64),
             # PatchCore reports 1% and 10% coresets alike; 10% costs ~70 s of greedy selection here
