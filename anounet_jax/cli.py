@@ -13,8 +13,7 @@ import sys
 
 from anounet_jax.config import FORMULATION_CHOICES
 from anounet_jax.errors import AnoUnetError
-
-VISUALIZE = ("all", "flagged", "none")
+from anounet_jax.jobs.score.model import VISUALIZE
 
 
 class _Parser(argparse.ArgumentParser):
