@@ -12,17 +12,19 @@ The protocol, the same for every method:
              at the preset's image size.
   training   from the normal training images only. The f-Net (Ano-Unet's L_C target and the DOC
              decoder's input) is trained once, on the normal images + the built-in reference images
-             (`load_reference`), and shared by both; C is the mean f-Net feature of the normal images.
+             (`load_reference`), and shared by every method that needs it (Ano-Unet, DOC decoder,
+             feature memory); C is the mean f-Net feature of the normal images.
   maps       every method (anounet_jax.methods) gives a raw map per test image; the harness smooths all
              of them with one Gaussian sigma (`smoothing`, default the preset's maps.smoothing_sigma).
   image      "image_auroc": each method's own image score. Ano-Unet: the max of its smoothed map (as
              the demo). Autoencoder, DOC decoder: the sum of the raw map. AnoGAN: the
-             latent-search loss L(z*) (`BaselineResult.score`). "image_auroc_map_max": the max of the
+             latent-search loss L(z*) (`BaselineResult.score`). Feature memory: the largest patch
+             distance. "by_kind": the metrics per defect kind (that kind's images against the good). "image_auroc_map_max": the max of the
              smoothed map for every method, so the methods are comparable on one score (for Ano-Unet
              the two are the same number).
   pixel      "pixel_auroc" and "aupro" (FPR limit 0.3) of the smoothed maps against the masks.
   seconds    wall time the method needs on its own: its training and its maps, plus the shared f-Net
-             training for ano-unet and doc-decoder ("seconds_parts" splits it).
+             training for the methods that use it ("seconds_parts" splits it).
   diverged   images whose raw map or score is not finite (a diverged fit); those values count as +inf
              (most anomalous), so one bad image cannot abort the evaluation.
 
