@@ -27,7 +27,8 @@ from sklearn.metrics import roc_auc_score
 
 from anounet_jax.errors import AnoUnetError
 
-__all__ = ["image_auroc", "pixel_auroc", "aupro", "pro_curve", "region_labels", "map_metrics"]
+__all__ = ["image_auroc", "pixel_auroc", "pixel_roc_curve", "aupro", "pro_curve", "thin_curve", "region_labels",
+           "map_metrics"]
 
 # 8-connectivity within one image and none across images of the stack. anomalib labels regions
 # with cv2.connectedComponents (default connectivity 8; kornia's GPU labelling also grows through
@@ -161,6 +162,43 @@ def pixel_auroc(maps, masks) -> float:
     neg, pos = _split_sorted(m, g)
     x, y = _roc_points(neg, pos, None)
     return float(np.trapezoid(y, x))
+
+
+def pixel_roc_curve(maps, masks) -> tuple[np.ndarray, np.ndarray]:
+    """The pixel-level ROC curve (FPR, TPR) whose area `pixel_auroc` is: every distinct score a
+    threshold (>=), points in order of decreasing threshold, FPR and TPR from 0 to 1. The same curve
+    as `sklearn.metrics.roc_curve(masks.ravel(), maps.ravel())` (every corner of sklearn's is a point
+    here; thresholds between two anomalous scores, where only FPR moves, add no point), without its
+    float64 copy of every pixel.
+
+    Returns (fpr, tpr) float64, or two empty arrays when there is no anomalous or no normal pixel.
+    """
+    m, g = _maps_masks(maps, masks)
+    n_pos = int(np.count_nonzero(g))
+    if n_pos == 0 or n_pos == g.size:
+        return np.zeros(0), np.zeros(0)
+    neg, pos = _split_sorted(m, g)
+    return _roc_points(neg, pos, None)
+
+
+def thin_curve(x, y, resolution: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """A monotone curve (x and y non-decreasing, as the ROC and PRO curves here) with the points that
+    a plot at `resolution` x `resolution` cells can tell apart: a point is kept when it falls in
+    another grid cell than the point kept before it; the first and last points are always kept.
+    At most 2 * resolution + 2 points; every dropped point lies in the cell of a kept neighbour, so
+    the drawn curve moves by less than 1 / resolution. For storing and drawing curves of millions of
+    pixels; areas are computed on the full curves (`pixel_auroc`, `aupro`).
+    """
+    x = np.asarray(x, np.float64).reshape(-1)
+    y = np.asarray(y, np.float64).reshape(-1)
+    if len(x) != len(y):
+        raise AnoUnetError(f"curve has {len(x)} x values but {len(y)} y values")
+    if len(x) <= 2:
+        return x.copy(), y.copy()
+    cell = np.floor(x * resolution) * (resolution + 1) + np.floor(y * resolution)
+    keep = np.append(True, cell[1:] != cell[:-1])  # the first point of every run in one cell
+    keep[-1] = True
+    return x[keep], y[keep]
 
 
 def region_labels(masks) -> tuple[np.ndarray, int]:

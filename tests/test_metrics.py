@@ -220,3 +220,48 @@ def test_pixel_metrics_scale():
     # all regions have the same size, so PRO is the pixel TPR: over the whole FPR range the two
     # areas are the same number
     assert aupro(maps, masks, fpr_limit=1.0) == pytest.approx(a, abs=1e-9)
+
+
+@pytest.mark.parametrize("levels", [None, 7])
+def test_pixel_roc_curve_is_sklearns_and_its_area_pixel_auroc(levels):
+    from sklearn.metrics import roc_curve
+
+    from anounet_jax.metrics import pixel_roc_curve
+
+    rng = np.random.default_rng(3)
+    maps = rng.random((4, 9, 9)).astype(np.float32)
+    if levels:
+        maps = np.round(maps * levels) / levels  # ties between the classes
+    masks = rng.random((4, 9, 9)) < 0.2
+    fpr, tpr = pixel_roc_curve(maps, masks)
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(pixel_auroc(maps, masks), abs=1e-12)
+    ref_f, ref_t, _ = roc_curve(masks.ravel(), maps.ravel().astype(np.float64))
+    for f, t in zip(ref_f, ref_t):  # every point of sklearn's lies on one of our segments
+        i = np.flatnonzero((fpr[:-1] <= f + 1e-12) & (f <= fpr[1:] + 1e-12))
+        lo, hi = np.minimum(tpr[i], tpr[i + 1]), np.maximum(tpr[i], tpr[i + 1])
+        x0, x1, y0, y1 = fpr[i], fpr[i + 1], tpr[i], tpr[i + 1]
+        on = np.where(x1 > x0, np.abs(y0 + (y1 - y0) * (f - x0) / np.where(x1 > x0, x1 - x0, 1) - t) < 1e-9,
+                      (lo - 1e-12 <= t) & (t <= hi + 1e-12))
+        assert on.any(), (f, t)
+    empty = pixel_roc_curve(maps, np.zeros_like(masks))
+    assert len(empty[0]) == len(empty[1]) == 0
+
+
+def test_thin_curve_keeps_the_shape_within_one_cell():
+    from anounet_jax.metrics import thin_curve
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate(([0.0], np.sort(rng.random(20000)), [1.0]))
+    y = np.concatenate(([0.0], np.sort(rng.random(20000)) ** 0.3, [1.0]))
+    tx, ty = thin_curve(x, y, resolution=100)
+    assert len(tx) <= 2 * 100 + 2 and (tx[0], ty[0], tx[-1], ty[-1]) == (0, 0, 1, 1)
+    # every dropped point lies within one grid cell (1/100) of the thinned curve's points
+    idx = np.searchsorted(tx, x, side="right") - 1
+    assert np.all(np.abs(x - tx[idx]) <= 0.01 + 1e-12)
+    assert np.all(np.abs(y - ty[idx]) <= 0.01 + 1e-12)
+    short = thin_curve([0.0, 1.0], [0.0, 1.0])
+    assert short[0].tolist() == [0.0, 1.0]
+    with pytest.raises(AnoUnetError, match="2 x values but 3 y values"):
+        thin_curve([0, 1], [0, 0.5, 1])

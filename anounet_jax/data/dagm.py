@@ -50,6 +50,7 @@ ids: ``"ClassN/0001"``, ``"ClassN_def/1"``, ``"ClassN/Train/0576"`` (no extensio
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -313,3 +314,63 @@ def load_dagm(
         labels=np.asarray(labels, np.int32),
         ids=ids,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# one class as an evaluation set (`anounet evaluate`)
+# --------------------------------------------------------------------------------------------------
+
+_CLASS_RE = re.compile(r"^Class(\d+)$")
+
+
+def class_folder(path: str | os.PathLike) -> tuple[Path, int] | None:
+    """(root, N) when `path` is the folder of DAGM class N (``Class6`` holding ``Train``/``Test``, or
+    ``Class6`` beside ``Class6_def``), else None."""
+    path = Path(path)
+    m = _CLASS_RE.match(path.name)
+    if m is None or not path.is_dir():
+        return None
+    root = path.parent
+    try:
+        detect_release(root, int(m.group(1)))
+    except AnoUnetError:
+        return None
+    return root, int(m.group(1))
+
+
+def load_dagm_evaluation(root: str | os.PathLike, class_id: int, size: Size, seed: int = 0,
+                         rotation_unit: str = "radians") -> tuple[ImageSet, ImageSet]:
+    """(normal training images, labelled test images) of one DAGM class, as `anounet evaluate` uses it.
+
+    Later release: the normal images of ``Train/`` for training, all of ``Test/`` for testing.
+    Original release (no held-out normal images): as many normal images of ``ClassN/`` as there are
+    defective ones are held out for testing (drawn with ``default_rng([seed, 12])``, as
+    `anounet_jax.jobs.experiments.run_dagm` does; at least 2 stay for training), the rest train.
+    ids are MVTec-style, ``train/good/<stem>``, ``test/good/<stem>`` and ``test/defect/<stem>``
+    (DAGM has one defect kind per class).
+    """
+    release = detect_release(root, class_id)
+    if release == "later":
+        train = load_dagm(root, class_id, size, "train", rotation_unit)
+        train = train.subset(train.labels == 0)
+        test = load_dagm(root, class_id, size, "test", rotation_unit)
+    else:
+        normal = load_dagm(root, class_id, size, "train", rotation_unit)
+        defects = load_dagm(root, class_id, size, "test", rotation_unit)
+        n_norm = min(len(defects), len(normal) - 2)
+        if n_norm < 1:
+            raise AnoUnetError(f"only {len(normal)} normal images: none can be held out for testing",
+                               Path(root) / f"Class{class_id}")
+        held = np.sort(np.random.default_rng([seed, 12]).choice(len(normal), n_norm, replace=False))
+        train = normal.subset(np.setdiff1d(np.arange(len(normal)), held))
+        good = normal.subset(held)
+        test = ImageSet(np.concatenate([good.images, defects.images]),
+                        masks=np.concatenate([good.masks, defects.masks]),
+                        labels=np.concatenate([good.labels, defects.labels]), ids=good.ids + defects.ids)
+    if len(train) < 2:
+        raise AnoUnetError(f"only {len(train)} normal training images (need at least 2)",
+                           Path(root) / f"Class{class_id}")
+    stem = lambda ident: ident.rsplit("/", 1)[-1]  # noqa: E731
+    train.ids = [f"train/good/{stem(i)}" for i in train.ids]
+    test.ids = [f"test/{'defect' if y else 'good'}/{stem(i)}" for i, y in zip(test.ids, test.labels)]
+    return train, test

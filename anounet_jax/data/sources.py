@@ -5,8 +5,9 @@ A data source is named by a string:
                                     unless one is named. Always the built-in data: a real folder of
                                     that name is given as "./embedded".
   "synthetic:FAMILY"                a generated texture family with planted defects (data/synthetic.py)
-  anything else                     a folder: an MVTec AD category (evaluate), or images (score,
-                                    train-fnet)
+  anything else                     a folder: an MVTec AD category or a DAGM 2007 class folder
+                                    (``ClassN``) for evaluate, or images (score, train-fnet); a
+                                    folder of categories is a whole benchmark (jobs/evaluate_suite.py)
 
 Two shapes of data come out:
   `load_labelled(spec, preset)` -> `Labelled` (normal training images + test images with labels and
@@ -70,11 +71,16 @@ def load_labelled(spec, preset, seed: int = 0) -> Labelled:
         sets = load_synthetic(name, size=size, n_train=d.n_train, n_test_good=d.n_test_good,
                               n_test_defect=d.n_test_defect, seed=seed)
         return Labelled(f"synthetic {name}", name, sets["train"], sets["test"])
+    from anounet_jax.data.dagm import class_folder, load_dagm_evaluation
     from anounet_jax.data.mvtec import load_mvtec
 
     if not name.is_dir():
         raise AnoUnetError("data folder not found (give an MVTec AD category folder, 'embedded' or "
                            "'synthetic:FAMILY')", name)
+    dagm = class_folder(name)
+    if dagm is not None:  # a DAGM 2007 class folder (ClassN)
+        train, test = load_dagm_evaluation(dagm[0], dagm[1], size, seed)
+        return Labelled(str(name), name.name, train, test)
     return Labelled(str(name), name.name, load_mvtec(name, size, "train"), load_mvtec(name, size, "test"))
 
 

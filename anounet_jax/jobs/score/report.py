@@ -12,7 +12,6 @@ and thousands of flagged images cost only more pages.
 
 from __future__ import annotations
 
-import html
 import os
 import re
 from pathlib import Path
@@ -20,35 +19,17 @@ from urllib.parse import quote
 
 import numpy as np
 
+from anounet_jax.jobs import html as _html
 from anounet_jax.jobs.score.files import atomic_write
 
 PAGE_SIZE = 100
 MAX_FAILURES = 200
 _PAGE_RE = re.compile(r"^report-(\d+)\.html$")
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-table{border-collapse:collapse;margin:0.5em 0}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:middle;font-size:14px}
-th{background:#f2f2f2}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-img.ov{width:128px;height:auto;image-rendering:pixelated}
-nav{margin:0.8em 0}
-nav a,nav span{margin-right:0.4em}
-.bad{color:#b00}
-"""
+_e, _num = _html.esc, _html.num  # the escaping and number format every report shares
 
 
 def page_name(page: int) -> str:
     return "report.html" if page == 1 else f"report-{page}.html"
-
-
-def _e(x) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _num(x) -> str:
-    return "" if x is None else f"{float(x):.4g}"
 
 
 def histogram_svg(scores: np.ndarray, threshold: float, bins: int = 40, width: int = 640,
@@ -150,8 +131,7 @@ def _flagged_table(rows, start: int, out: Path) -> str:
 
 
 def _page(title: str, body: str) -> str:
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
-            f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
+    return _html.page(title, body)
 
 
 def write_report(out, rows: list[dict], manifest: dict, counts: dict, page_size: int = PAGE_SIZE) -> list[Path]:
