@@ -99,15 +99,30 @@ def cmd_demo(args) -> int:
 def cmd_evaluate(args) -> int:
     from anounet_jax.jobs.common import prepare_out_dir
     from anounet_jax.jobs.evaluate import evaluate, markdown_table
+    from anounet_jax.jobs.evaluate_suite import evaluate_suite, find_categories, summary_markdown
     from anounet_jax.methods import parse_methods
 
     methods = parse_methods(args.methods)
     preset = _resolved(args)
+    categories = find_categories(args.data)  # None: one data set; a folder holding no category: an error
+    if categories is not None:  # a whole benchmark: every argument checked before OUT is created
+        from anounet_jax.engine.fit import check_formulation
+
+        check_formulation(preset.engine.formulation)
+        if args.smoothing is not None and not args.smoothing >= 0.0:
+            raise AnoUnetError(f"smoothing sigma must be >= 0, got {args.smoothing!r}")
+        _record(args, preset, prepare_out_dir(args.out), "evaluate")  # first: an interrupted run has it
+        s = evaluate_suite(args.data, preset, methods, args.out, seed=args.seed, progress=not args.quiet,
+                           smoothing=args.smoothing, log=_log(args), categories=categories)
+        print(summary_markdown(s), end="")
+        print(f"metrics.json, metrics.md, metrics.csv, report.html and config.json in {args.out}; "
+              f"one folder per category")
+        return 0
     m = evaluate(args.data, preset, methods, args.out, seed=args.seed, progress=not args.quiet,
                  smoothing=args.smoothing)  # checks the data before it creates the output folder
     _record(args, preset, prepare_out_dir(args.out), "evaluate")
     print(markdown_table(m), end="")
-    print(f"metrics.json, metrics.md, config.json and panels/ in {args.out}")
+    print(f"metrics.json, metrics.md, report.html, config.json and panels/ in {args.out}")
     return 0
 
 
@@ -167,12 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", choices=("brick", "grass", "gravel"), default=None, help="embedded texture")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("evaluate", help="Ano-Unet and the baselines on one data set: metrics, panels")
-    p.add_argument("data", metavar="DATA", help="MVTec AD category folder, 'embedded[:CATEGORY]' or "
-                                                "'synthetic:FAMILY'")
+    p = sub.add_parser("evaluate", help="Ano-Unet and the baselines on one data set or a whole benchmark: "
+                                        "metrics, curves, panels, report.html")
+    p.add_argument("data", metavar="DATA", help="an MVTec AD category folder, a DAGM ClassN folder, "
+                                                "'embedded[:CATEGORY]' or 'synthetic:FAMILY'; or a ROOT "
+                                                "holding several categories (an MVTec AD root, a DAGM root, "
+                                                "a folder of MVTec-style categories): each is evaluated "
+                                                "into OUT/<category>/ (resumable) and summarized at OUT")
     _settings(p)
     _formulation(p)
-    p.add_argument("--out", required=True, help="output folder: metrics.json, metrics.md, panels/")
+    p.add_argument("--out", required=True, help="output folder: metrics.json, metrics.md, report.html, panels/ "
+                                                "(a ROOT: also metrics.csv, one folder per category)")
     p.add_argument("--methods", default="ano-unet,autoencoder,doc-decoder,anogan,feature-memory",
                    help="comma-separated methods (default: %(default)s)")
     p.add_argument("--smoothing", type=float, default=None,

@@ -28,9 +28,11 @@ The protocol, the same for every method:
   diverged   images whose raw map or score is not finite (a diverged fit); those values count as +inf
              (most anomalous), so one bad image cannot abort the evaluation.
 
-Outputs in out_dir: metrics.json (one entry per method + "settings"), metrics.md (a Markdown table),
-panels/<id>.png (image | true mask | one overlay per method; each method's overlays share one colour
-scale: 0 to the 99.5th percentile of all its smoothed maps).
+Outputs in out_dir: metrics.json (one entry per method + "settings"; written last of the numbers, so
+its presence marks a finished evaluation), metrics.md (a Markdown table), panels/<id>.png (image | one
+overlay per method | true mask; each method's overlays share one colour scale: 0 to the 99.5th
+percentile of all its smoothed maps), per_image.json, curves.json, curves/*.png and report.html (the
+evaluation report: jobs/evaluate_report.py). A folder of several categories: jobs/evaluate_suite.py.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
     from anounet_jax.data.sources import load_labelled
     from anounet_jax.fnet.train import train_fnet
     from anounet_jax.jobs.common import check_seed, prepare_out_dir
+    from anounet_jax.jobs.evaluate_report import plot_curves, write_evaluation_record, write_single_report
     from anounet_jax.maps import smooth, write_panels
     from anounet_jax.metrics import map_metrics
 
@@ -167,6 +170,7 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
 
     results: dict[str, dict] = {}
     smoothed: dict[str, np.ndarray] = {}
+    scores: dict[str, np.ndarray] = {}
     info: dict = {}
     inputs = MethodInputs(train, test.images, preset, baselines, trained, seed, progress)
     for name in methods:
@@ -188,12 +192,17 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
                  image_score=method.image_score, diverged=int(diverged.sum()))
         results[name] = m
         smoothed[name] = maps
+        scores[name] = score
         log(f"{name}: image AUROC {_fmt(m['image_auroc'])} (map max {_fmt(m['image_auroc_map_max'])}), "
             f"pixel AUROC {_fmt(m['pixel_auroc'])}, AUPRO {_fmt(m['aupro'])}, {elapsed:.1f} s")
 
     t0 = time.perf_counter()
     n_panels = write_panels(out_dir, test.images, test.ids, smoothed, masks=test.masks)
     seconds["panels"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    curves = write_evaluation_record(out_dir, test.ids, test.labels, test.masks, smoothed, scores)
+    plot_curves(out_dir, curves, results, ds.category)
+    seconds["report"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
 
     import jax
@@ -226,6 +235,7 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
     }
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     (out_dir / "metrics.md").write_text(markdown_table(results))
+    write_single_report(out_dir)
     return results
 
 
