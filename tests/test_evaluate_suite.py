@@ -2,6 +2,7 @@
 summary (one mean row per method), DAGM roots, config.json, and one-line errors for a bad ROOT."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -147,17 +148,34 @@ def test_interrupted_run_resumes_without_recomputing(root, tmp_path, monkeypatch
 
     third = _Counting(first.real)
     monkeypatch.setattr(ev, "evaluate", third)
+    (out / "metrics.json").unlink()
     assert main(argv) == 0 and third.calls == []  # everything done: only the summary is written again
-    assert main(argv + ["--smoothing", "2"]) == 0 and third.calls == ["grid", "weave"]  # other settings
-    assert main(argv + ["--methods", "autoencoder,anogan", "--smoothing", "2"]) == 0
-    assert third.calls[2:] == ["grid", "weave"]  # a method not computed yet
+    assert json.loads((out / "metrics.json").read_text())["settings"]["kept_from_before"] == ["grid", "weave"]
     capsys.readouterr()
+
+    # what counts as finished: every requested method, the same settings (engine settings aside)
+    from anounet_jax.baselines.configs import baseline_config
+    from anounet_jax.jobs.evaluate_suite import finished_metrics
+
+    cfg = baseline_config("tiny")
+    b = {f.name: dataclasses.asdict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    grid = out / "grid"
+    assert finished_metrics(grid, ["autoencoder"], TINY, 0, 1.0, b) is not None
+    assert finished_metrics(grid, ["autoencoder"], TINY.replace(engine={"chunk_size": 3}), 0, 1.0, b) is not None
+    assert finished_metrics(grid, ["autoencoder", "anogan"], TINY, 0, 1.0, b) is None  # a method not run yet
+    assert finished_metrics(grid, ["autoencoder"], TINY, 1, 1.0, b) is None  # another seed
+    assert finished_metrics(grid, ["autoencoder"], TINY, 0, 2.0, b) is None  # other smoothing
+    assert finished_metrics(grid, ["autoencoder"], TINY.replace(fit={"beta": 3.0}), 0, 1.0, b) is None
+    other = dict(b, autoencoder=dict(b["autoencoder"], epochs=99))
+    assert finished_metrics(grid, ["autoencoder"], TINY, 0, 1.0, other) is None
+    (grid / "metrics.json").write_text("{\"autoencoder\": {")  # cut short by a kill
+    assert finished_metrics(grid, ["autoencoder"], TINY, 0, 1.0, b) is None
 
 
 def test_cli_end_to_end_summary_report_and_record(root, tmp_path, capsys):
     out = tmp_path / "runs" / "all"
     argv = ["evaluate", str(root), "--methods", "ano-unet,autoencoder", "--preset", "tiny",
-            "--set", "fit.steps=5", "--out", str(out), "--quiet"]
+            "--set", "fit.steps=5", "--set", "fnet.epochs=1", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| **mean** | **ano-unet** |" in printed and "| **mean** | **autoencoder** |" in printed
