@@ -154,3 +154,17 @@ def test_single_report_links_gallery_and_rebuild(tmp_path):
 def test_report_of_a_folder_that_is_not_an_evaluation(tmp_path):
     with pytest.raises(AnoUnetError, match="metrics.json not found"):
         write_report(tmp_path)
+
+
+def test_worst_first_ties_and_missing_values():
+    from anounet_jax.jobs.evaluate_report import worst_first_key
+
+    rec = {"labels": [1, 1, 0, 0, 1], "methods": {"m": {
+        "worst": [0.5, 0.5, 0.5, 0.5, 0.5],
+        "max_in": [0.4, 0.2, None, None, 0.9],
+        "max_out": [0.3, 0.3, 0.5, 0.5, None],   # the last: the mask covers the whole image
+        "map_max": [0.4, 0.3, 0.2, None, 0.9]}}}  # image 3: a diverged map (stored as None)
+    order = sorted(range(5), key=lambda i: worst_first_key(rec, i, "m"))
+    # defects first, smallest (inside - outside) first; then good images, highest map max first
+    assert order == [1, 0, 4, 3, 2]
+    assert worst_first_key(rec, 0, "other")[1] == 2  # no numbers for this method: last

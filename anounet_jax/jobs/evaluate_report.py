@@ -364,6 +364,28 @@ def _curves_block(prefix: str, category: str | None) -> str:
     return f'<div class="curves"{attr}>{title}{imgs}</div>'
 
 
+def worst_first_key(record: dict, i: int, method: str) -> tuple:
+    """Sort key of image i of a per_image record in `method`'s worst-first order (module docstring):
+    the level, highest first; then defective images before good ones; then for defective images the
+    smallest max inside - max outside the mask, for good images the highest map maximum. Values that
+    were not finite are stored as None: a map maximum or max inside the mask sorts as +inf (a diverged
+    map is the most anomalous, as the metrics count it), a max outside as -inf (also: a mask that
+    covers the whole image); an image the method has no numbers for comes last."""
+    v = record["methods"].get(method)
+    if v is None:
+        return (1.0, 2, 0.0)
+
+    def value(key):
+        x = v[key][i]
+        return (-math.inf if key == "max_out" else math.inf) if x is None else float(x)
+
+    level = v["worst"][i] or 0.0
+    if record["labels"][i]:
+        margin = value("max_in") - value("max_out")
+        return (-level, 0, 0.0 if math.isnan(margin) else margin)
+    return (-level, 1, -value("map_max"))
+
+
 def _gallery(parts: list[tuple[str | None, str, dict]], methods: list[str], out: Path) -> str:
     """parts: (category or None, link prefix, per_image record). The gallery's items, each with its
     rank in every method's worst-first order."""
@@ -372,19 +394,7 @@ def _gallery(parts: list[tuple[str | None, str, dict]], methods: list[str], out:
         items += [(category, prefix, rec, i) for i in range(len(rec["ids"]))]
     ranks = np.zeros((len(items), len(methods)), np.int64)
     for j, m in enumerate(methods):
-        def key(t, m=m):
-            _, _, rec, i = t
-            v = rec["methods"].get(m)
-            if v is None:
-                return (1.0, 1, 0.0)
-            nz = lambda x, d=0.0: d if x is None else x  # noqa: E731
-            level = nz(v["worst"][i])
-            if rec["labels"][i]:
-                tie = nz(v["max_in"][i], -math.inf) - nz(v["max_out"][i], -math.inf)
-                tie = tie if math.isfinite(tie) else (-math.inf if tie < 0 else math.inf)
-                return (-level, 0, tie)
-            return (-level, 1, -nz(v["map_max"][i], math.inf))
-        order = sorted(range(len(items)), key=lambda p: (key(items[p]), p))
+        order = sorted(range(len(items)), key=lambda p: (worst_first_key(items[p][2], items[p][3], m), p))
         ranks[order, j] = np.arange(len(items))
     figs = []
     for pos, (category, prefix, rec, i) in enumerate(items):
