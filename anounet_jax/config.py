@@ -70,6 +70,15 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TileConfig:
+    """Native resolution by tiling (data/tiling.py): images are cut into overlapping tiles, one U-Net each."""
+    tile: int = 0  # tile size in pixels; 0 = the preset's image_size
+    stride: int = 0  # pixels between tile starts; 0 = tile // 2
+    scale: float = 1.0  # resize factor applied first (aspect ratio kept)
+    resize: bool = False  # True: no tiling; every image resized to image_size x image_size (maps at that size)
+
+
+@dataclasses.dataclass(frozen=True)
 class Preset:
     name: str
     image_size: int
@@ -79,6 +88,7 @@ class Preset:
     data: DataConfig
     maps: MapConfig = MapConfig()
     engine: EngineConfig = EngineConfig()
+    tiles: TileConfig = TileConfig()
 
     def replace(self, **sections) -> "Preset":
         """`preset.replace(fit={"beta": 10})` -> a new preset with some fields of a section changed."""
@@ -111,6 +121,7 @@ class Preset:
             data=DataConfig(**d["data"]),
             maps=MapConfig(**maps),
             engine=EngineConfig(**engine),
+            tiles=TileConfig(**d.get("tiles", {})),
         )
 
 

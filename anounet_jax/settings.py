@@ -45,6 +45,7 @@ RULES: dict[str, tuple] = {
     "data.n_test_good": NON_NEGATIVE, "data.n_test_defect": POSITIVE,
     "maps.smoothing_sigma": NON_NEGATIVE, "engine.chunk_size": POSITIVE,
     "engine.formulation": FORMULATION_CHOICES,
+    "tiles.tile": NON_NEGATIVE, "tiles.stride": NON_NEGATIVE, "tiles.scale": POSITIVE,
 }
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
