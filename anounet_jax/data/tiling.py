@@ -499,10 +499,16 @@ def resize_map(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     if m.ndim == 3:
         return np.stack([resize_map(m[:, :, c], hw) for c in range(m.shape[2])], axis=2)
     size = (int(hw[1]), int(hw[0]))
+
+    def resize(a):
+        return np.array(Image.fromarray(a.astype(np.float32)).resize(size, Image.Resampling.BILINEAR), np.float32)
+
     nan = np.isnan(m)
-    out = np.asarray(Image.fromarray(np.where(nan, 0.0, m).astype(np.float32)).resize(size, Image.Resampling.BILINEAR))
-    out = np.array(out, np.float32)
-    if nan.any():
-        holes = np.asarray(Image.fromarray(nan.astype(np.uint8)).resize(size, Image.Resampling.NEAREST)) != 0
-        out[holes] = np.nan
+    if not nan.any():
+        return resize(m)
+    # normalized interpolation: the holes' neighbours are averaged over valid pixels only
+    num, den = resize(np.where(nan, 0.0, m)), resize(~nan)
+    out = np.divide(num, den, out=np.full_like(num, np.nan), where=den > 1e-6)
+    holes = np.asarray(Image.fromarray(nan.astype(np.uint8)).resize(size, Image.Resampling.NEAREST)) != 0
+    out[holes] = np.nan
     return out
