@@ -138,6 +138,23 @@ def cmd_train_fnet(args) -> int:
     return 0
 
 
+def _tile_overrides(args) -> list[str]:
+    """--tile, --stride, --scale, --resize as settings of the preset's `tiles` section."""
+    out = [f"tiles.{k}={v}" for k, v in (("tile", args.tile), ("stride", args.stride), ("scale", args.scale))
+           if v is not None]
+    return out + (["tiles.resize=true"] if args.resize else [])
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
 def cmd_score(args) -> int:
     if args.distributed or args.coordinator:
         from anounet_jax.engine.distributed import initialize
@@ -146,6 +163,7 @@ def cmd_score(args) -> int:
     from anounet_jax.jobs.score.job import run_score_job
 
     preset = args.preset
+    args.overrides = list(args.overrides) + _tile_overrides(args)
     if args.overrides or args.config:  # settings apply to the checkpoint's preset unless one is named
         from anounet_jax.checkpoint import read_checkpoint_info
         from anounet_jax.config import Preset
@@ -225,6 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flag score > THRESHOLD, a finite number >= 0 (default: the checkpoint scorer's)")
     p.add_argument("--chunk-size", type=_positive, default=None, help="images per committed chunk (default: 32)")
     p.add_argument("--recursive", action="store_true", help="also take images from subfolders")
+    g = p.add_argument_group("native resolution (maps at each image's own size, one U-Net per tile; "
+                             "README: Native resolution)")
+    g.add_argument("--tile", type=_positive, default=None, metavar="PIXELS",
+                   help="tile size (default: the preset's image size; a multiple of 2**unet.depth)")
+    g.add_argument("--stride", type=_positive, default=None, metavar="PIXELS",
+                   help="pixels between tile starts, at most the tile size (default: half the tile)")
+    g.add_argument("--scale", type=_positive_float, default=None, metavar="FACTOR",
+                   help="resize every image by FACTOR first, aspect ratio kept (e.g. 0.5: a quarter of the "
+                        "tiles; maps are resized back to the native size)")
+    g.add_argument("--resize", action="store_true",
+                   help="no tiling: resize every image to the preset's square size (maps at that size)")
     g = p.add_argument_group("multi-host (every process runs the same command; OUT on a shared file system)")
     g.add_argument("--distributed", action="store_true",
                    help="join a multi-process job; without the options below, JAX reads the cluster's "

@@ -9,8 +9,15 @@ Output folder (OUT):
                               Written last for a chunk (after its maps), by temp file + rename: a part
                               file that exists is complete, and a chunk without one is redone.
     maps/<file>.npz           "heatmap" float16 (H, W), "recon" float16 (H, W, 3) (zip entries with a
-                              fixed timestamp, so a redone chunk writes byte-identical files)
-    overlays/<file>.png       the heatmap in jet over the image (each overlay spans its own range)
+                              fixed timestamp, so a redone chunk writes byte-identical files). Tiled
+                              (the default): H x W is the image's native size, and the file also holds
+                              "losses" float32 [L_R, L_C] and "status" (one string, shape (1,)), so it is the image's
+                              commit: written after its overlay, and a redone chunk does not fit again
+                              an image whose map file exists. --resize: the preset's size.
+    overlays/<file>.png       the heatmap in jet over the image at the map's size (each overlay spans its
+                              own range)
+    thumbs/<file>.png         the overlay at most THUMB pixels on its longer side, only for overlays
+                              larger than that (report.html shows it, linked to the full overlay)
     scores.csv                file, score, flagged, L_R, L_C, status: one row per input, in input order,
                               assembled from the part files at the end
     summary.json              the counts
@@ -21,7 +28,8 @@ Output folder (OUT):
 
 Kill safety: every file is written to `<name>.tmp` and renamed into place, and a chunk counts as
 done only once its part file exists, so killing the job at any moment (SIGKILL included) and
-running the same command again redoes at most the chunk in flight, scores every image exactly once
+running the same command again redoes at most the chunk in flight (tiled: only its images without a
+map file, so at most the one image in flight is fitted again), scores every image exactly once
 and leaves the same bytes as an uninterrupted run (per-image PRNG keys come from the global position;
 the f-Net runs on fixed-size batches). Files are not fsynced: this protects against the process
 dying, not against the machine losing power. A lock (`OUT/.lock`, flock) refuses a second job
@@ -30,7 +38,9 @@ writing to the same folder at the same time.
 Rows. score: the image score (empty if the image could not be used); flagged: 1 if score >
 threshold, else 0; L_R, L_C: the final losses of the image's fit (empty if it was not fitted);
 status: "ok", "not visualized", "diverged", or the problem with the file (e.g. "unreadable or
-truncated image (...)").
+truncated image (...)"). Tiled: L_R and L_C are the means over the image's tiles; "diverged" means
+every tile diverged (no map), "diverged: k of n tiles (row r col c at y y0:y1 x x0:x1; ...)" that some
+did (the map is written, NaN where only those tiles lay; see data/tiling.py). Both count as failures.
 """
 
 from __future__ import annotations
@@ -47,17 +57,19 @@ from pathlib import Path
 
 import numpy as np
 
+from anounet_jax.data.tiling import tile_offsets
 from anounet_jax.errors import AnoUnetError
-from anounet_jax.data.sources import open_source
 from anounet_jax.jobs.score.files import atomic_write, npz_bytes, png_bytes
-from anounet_jax.jobs.score.model import (STATUS_DIVERGED, STATUS_NOT_VISUALIZED, STATUS_OK, ScoringModel,
-                                          check_visualize, ids_digest, is_failure)
+from anounet_jax.jobs.score.model import (STATUS_NOT_VISUALIZED, STATUS_OK, ScoringModel, check_visualize,
+                                          ids_digest, is_diverged, is_failure, open_score_source)
 
 JOB_FORMAT = 1
 MANIFEST = "manifest.json"
 PARTS = "parts"
 CSV_FIELDS = ("file", "score", "flagged", "L_R", "L_C", "status")
 DEFAULT_CHUNK = 32
+THUMB = 256  # longest side of a report thumbnail
+OVERLAY_BAND = 256  # rows of an overlay coloured at once (matplotlib's RGBA floats stay small)
 
 
 def map_path(file_id: str) -> str:
@@ -66,6 +78,10 @@ def map_path(file_id: str) -> str:
 
 def overlay_path(file_id: str) -> str:
     return f"overlays/{file_id}.png"
+
+
+def thumb_path(file_id: str) -> str:
+    return f"thumbs/{file_id}.png"
 
 
 def _float(x) -> float | None:
@@ -78,12 +94,13 @@ def _fmt(x) -> str:
 
 
 # ---------------------------------------------------------------------------------------- rows
-def chunk_rows(ids, lo: int, hi: int, chunk, outcome) -> list[dict]:
-    """The rows of positions [lo, hi) from a loaded chunk and its ChunkOutcome."""
+def chunk_rows(ids, lo: int, hi: int, chunk, outcome, fits: dict | None = None) -> list[dict]:
+    """The rows of positions [lo, hi) from a loaded chunk and its ChunkOutcome; fits: {row j: (L_R,
+    L_C, status)} of the fitted rows (default: the outcome's FitResult)."""
     rows = {}
     for pos, problem in chunk.errors.items():
         rows[int(pos)] = dict(file=ids[pos], score=None, flagged=None, L_R=None, L_C=None, status=problem)
-    fit_row = outcome.fit_row() if outcome is not None else {}
+    fits = outcome.fit_info() if fits is None else fits
     for j, pos in enumerate(np.asarray(chunk.indices).tolist()):
         row = dict(file=ids[pos], score=None, flagged=None, L_R=None, L_C=None, status=STATUS_NOT_VISUALIZED)
         if outcome.problems[j] is not None:
@@ -91,11 +108,9 @@ def chunk_rows(ids, lo: int, hi: int, chunk, outcome) -> list[dict]:
         else:
             row["score"] = _float(outcome.scores[j])
             row["flagged"] = bool(outcome.flagged[j])
-        if j in fit_row:
-            k = fit_row[j]
-            row["L_R"] = _float(outcome.fit.loss_r[k])
-            row["L_C"] = _float(outcome.fit.loss_c[k])
-            row["status"] = STATUS_DIVERGED if outcome.fit.diverged[k] else STATUS_OK
+        if j in fits:
+            l_r, l_c, row["status"] = fits[j]
+            row["L_R"], row["L_C"] = _float(l_r), _float(l_c)
         rows[pos] = row
     if sorted(rows) != list(range(lo, hi)):
         raise AssertionError(f"chunk [{lo}, {hi}) has rows for {sorted(rows)}")  # ImageFolder's contract
@@ -114,7 +129,7 @@ def csv_text(rows: list[dict]) -> str:
 
 def count_rows(rows: list[dict]) -> dict:
     st = [r["status"] for r in rows]
-    diverged = st.count(STATUS_DIVERGED)
+    diverged = sum(is_diverged(x) for x in st)
     failed = sum(is_failure(s) for s in st)
     return {"images": len(rows), "scored": sum(r["score"] is not None for r in rows),
             "flagged": sum(bool(r["flagged"]) for r in rows), "visualized": st.count(STATUS_OK),
@@ -170,6 +185,11 @@ def _check_manifest(out: Path, new: dict) -> None:
     except (OSError, ValueError) as e:
         raise AnoUnetError(f"cannot read the job manifest ({e}); delete the output folder to start over",
                            path) from None
+    preset = old.get("settings", {}).get("preset")
+    if isinstance(preset, dict) and "tiles" not in preset:  # written before tiling: the resize path
+        from anounet_jax.config import TileConfig
+
+        preset["tiles"] = dataclasses.asdict(TileConfig(resize=True))
     fresh = "use a new --out folder, or delete this one to start over"
     if old.get("format_version") != JOB_FORMAT:
         raise AnoUnetError(f"output folder was written by job format {old.get('format_version')}, "
@@ -237,7 +257,7 @@ def run_score_job(inputs, checkpoint, out, *, preset=None, visualize: str = "fla
         raise AnoUnetError(f"chunk size must be positive, got {chunk_size}")
     out = Path(out)
     model = ScoringModel(checkpoint, preset, threshold=threshold, seed=seed, formulation=formulation)
-    source = open_source(inputs, model.image_size, model.preset, recursive)
+    source, natives = open_score_source(inputs, model, recursive)
     given = checkpoint if isinstance(checkpoint, (str, os.PathLike)) else model.checkpoint.path
     manifest = _manifest(model, source, visualize, chunk_size, given)
     prepare_out_dir(out)
@@ -254,6 +274,9 @@ def run_score_job(inputs, checkpoint, out, *, preset=None, visualize: str = "fla
             _check_manifest(out, manifest)
 
         n = len(source)
+        tiled = natives is not None and visualize != "none"
+        # every tile's engine index, from the image sizes in the headers: the same in every process
+        offsets = tile_offsets([natives.size(i) for i in range(n)], model.tiles) if tiled else None
         n_chunks = math.ceil(n / chunk_size)
         bounds = [(k * chunk_size, min((k + 1) * chunk_size, n)) for k in range(n_chunks)]
         rows: list = [None] * n_chunks
@@ -277,9 +300,14 @@ def run_score_job(inputs, checkpoint, out, *, preset=None, visualize: str = "fla
                 chunk = future.result()
                 if i + 1 < len(pending):
                     future = reader.submit(source.chunk, *bounds[pending[i + 1]])
-                outcome = model.process(chunk.images, chunk.indices, visualize)
-                _write_maps(out, source.ids, chunk, outcome)
-                rows[k] = chunk_rows(source.ids, lo, hi, chunk, outcome)
+                if tiled:
+                    outcome = model.score(chunk.images, visualize)
+                    fits = _fit_tiled(out, model, source.ids, natives, offsets, chunk, outcome, bar)
+                    rows[k] = chunk_rows(source.ids, lo, hi, chunk, outcome, fits)
+                else:
+                    outcome = model.process(chunk.images, chunk.indices, visualize)
+                    _write_maps(out, source.ids, chunk, outcome)
+                    rows[k] = chunk_rows(source.ids, lo, hi, chunk, outcome)
                 part = {"chunk": k, "start": lo, "stop": hi, "rows": rows[k]}
                 atomic_write(_part_path(out, k), json.dumps(part).encode())
                 bar.update(hi - lo)
@@ -316,6 +344,96 @@ def _write_maps(out: Path, ids, chunk, outcome) -> None:
         atomic_write(out / map_path(fid), npz_bytes(heatmap=heat.astype(np.float16),
                                                       recon=outcome.fit.recon[k].astype(np.float16)))
         atomic_write(out / overlay_path(fid), png_bytes(overlay(chunk.images[j], heat)))
+
+
+def _overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """maps.overlay (the map's own range) in bands of rows: the same pixels, a bounded transient."""
+    from anounet_jax.maps import overlay
+
+    vals = heat[np.isfinite(heat)]
+    vmax = float(vals.max()) if vals.size else 1.0
+    vmin = min(0.0, float(vals.min())) if vals.size else 0.0
+    out = np.empty(heat.shape + (3,), np.uint8)
+    for y in range(0, heat.shape[0], OVERLAY_BAND):
+        out[y:y + OVERLAY_BAND] = overlay(image[y:y + OVERLAY_BAND], heat[y:y + OVERLAY_BAND], vmin, vmax)
+    return out
+
+
+def _thumbnail(rgb: np.ndarray) -> np.ndarray | None:
+    """The overlay shrunk to THUMB pixels on its longer side (None when it is not larger)."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    if max(h, w) <= THUMB:
+        return None
+    f = THUMB / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
+
+
+def _read_done(path: Path) -> tuple | None:
+    """(L_R, L_C, status) of an image whose tiled map file exists (its commit), else None."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            losses, status = z["losses"], str(z["status"][0])
+        return np.float32(losses[0]), np.float32(losses[1]), status
+    except Exception:  # noqa: BLE001 - an unreadable map file is redone
+        return None
+
+
+def _fit_tiled(out: Path, model: ScoringModel, ids, natives, offsets, chunk, outcome, bar=None) -> dict:
+    """Fit the chunk's rows to map, tile by tile, at native size; write each image's overlay,
+    thumbnail and map file (last) as soon as its last tile is back. {row j: (L_R, L_C, status)}."""
+    fits = {}
+    todo = []
+    for j in outcome.fitted.tolist():
+        done = _read_done(out / map_path(ids[int(chunk.indices[j])]))
+        if done is not None:  # fitted before the job was killed
+            fits[j] = done
+        else:
+            todo.append(j)
+    if not todo:
+        return fits
+
+    def items():
+        for j in todo:
+            pos = int(chunk.indices[j])
+            try:
+                native = natives.load(pos)
+            except AnoUnetError as e:
+                fits[j] = (None, None, e.problem)
+                continue
+            item = model.tiled_image((j, pos), native, int(offsets[pos]))
+            if item.grid.n_tiles != offsets[pos + 1] - offsets[pos]:
+                fits[j] = (None, None, f"image is {native.shape[0]}x{native.shape[1]}, its header said otherwise "
+                                       f"when the job started")
+                continue
+            yield item
+
+    tiles = [0]
+
+    def on_tiles(n):
+        tiles[0] += n
+        if bar is not None:
+            bar.set_postfix_str(f"{tiles[0]} tiles", refresh=False)
+
+    for m in model.fit_tiled(items(), on_tiles):
+        j, pos = m.key
+        fid = ids[pos]
+        if m.heatmap is not None:
+            rgb = _overlay(m.image, m.heatmap)
+            atomic_write(out / overlay_path(fid), png_bytes(rgb))
+            thumb = _thumbnail(rgb)
+            if thumb is not None:
+                atomic_write(out / thumb_path(fid), png_bytes(thumb))
+            del rgb, thumb
+            atomic_write(out / map_path(fid), npz_bytes(
+                heatmap=m.heatmap.astype(np.float16), recon=m.recon.astype(np.float16),
+                losses=np.array([m.loss_r, m.loss_c], np.float32), status=np.array([m.status])))
+        fits[j] = (m.loss_r, m.loss_c, m.status)
+    return fits
 
 
 def read_scores_csv(path) -> list[dict]:

@@ -12,8 +12,18 @@ Status of a row: "ok" (maps made), "not visualized" (scored, no maps asked for),
 fit went non-finite; no maps written), or the problem text of a file that could not be used.
 
 Preset. The checkpoint fixes the f-Net (architecture and weights), C, the scorer and the image size.
-A preset passed for scoring only chooses the U-Net and the per-image fit; it must have the
+A preset passed for scoring only chooses the U-Net, the per-image fit and the tiling; it must have the
 checkpoint's image size. `None` scores with the checkpoint's own preset.
+
+Tiling (preset.tiles, data/tiling.py). By default maps are made at each image's native size: the image
+(scaled by tiles.scale first, if set) is cut into overlapping tiles of tiles.tile pixels (default the
+preset's image size) with stride tiles.stride (default half the tile), each tile gets its own U-Net,
+and the tile maps are stitched back, smoothed by preset.maps at the tiled resolution and resized to
+the native size if scaled. Tile k of the image at global position i has the engine index
+offsets[i] + k (`tile_offsets` over every image's size), so its U-Net does not depend on chunking,
+resuming or processes. The image score stays the f-Net's score of the whole image resized to the
+preset's size (as the checkpoint's scorer was fitted). tiles.resize = True is the path before tiling:
+every image resized to the preset's square size, maps at that size.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import hashlib
 import numpy as np
 
 from anounet_jax.config import Preset, get_preset
+from anounet_jax.data.tiling import TiledImage, TileSpec, resize_image, resize_map
 from anounet_jax.errors import AnoUnetError
 
 VISUALIZE = ("all", "flagged", "none")
@@ -34,6 +45,27 @@ NONFINITE_FEATURES = "f-Net features are not finite"
 def is_failure(status: str) -> bool:
     """True for a row whose image could not be scored or whose fit diverged."""
     return status not in (STATUS_OK, STATUS_NOT_VISUALIZED)
+
+
+def is_diverged(status: str) -> bool:
+    """True for "diverged" (every tile) and "diverged: k of n tiles (...)" (some tiles; map written)."""
+    return status == STATUS_DIVERGED or status.startswith(STATUS_DIVERGED + ":")
+
+
+def resolve_tiles(preset: Preset) -> TileSpec | None:
+    """The preset's tiling (None: tiles.resize, every image resized to the preset's size)."""
+    t = preset.tiles
+    if t.resize:
+        if t.tile not in (0, preset.image_size) or t.stride or t.scale != 1.0:
+            raise AnoUnetError("resize (every image resized to the preset's square size) cannot be combined "
+                               "with a tile size, stride or scale")
+        return None
+    tile = t.tile or preset.image_size
+    step = 2 ** preset.unet.depth
+    if tile <= 0 or tile % step:
+        raise AnoUnetError(f"tile size must be a positive multiple of {step} (the U-Net halves a tile "
+                           f"{preset.unet.depth} times), got {tile}")
+    return TileSpec(tile, t.stride, t.scale)
 
 
 # ---------------------------------------------------------------------------------------- the model
@@ -81,6 +113,30 @@ class ChunkOutcome:
     def fit_row(self) -> dict[int, int]:
         return {int(r): k for k, r in enumerate(self.fitted)}
 
+    def fit_info(self) -> dict[int, tuple]:
+        """{row j: (L_R, L_C, status)} for the fitted rows (the resize path's FitResult)."""
+        if self.fit is None:
+            return {}
+        return {int(r): (self.fit.loss_r[k], self.fit.loss_c[k],
+                         STATUS_DIVERGED if self.fit.diverged[k] else STATUS_OK) for k, r in enumerate(self.fitted)}
+
+
+@dataclasses.dataclass
+class TiledMaps:
+    """One image's maps at its native size (tiling). heatmap float32 (H, W) smoothed, NaN where only
+    diverged tiles lay; recon float32 (H, W, 3); None when every tile diverged. loss_r / loss_c: the
+    mean of its healthy tiles' final losses. status: "ok", "diverged" (every tile) or "diverged: k of n
+    tiles (row r col c at y y0:y1 x x0:x1; ...)" in native pixels."""
+
+    key: object
+    image: np.ndarray  # the native image (for the overlay)
+    heatmap: np.ndarray | None
+    recon: np.ndarray | None
+    loss_r: np.float32
+    loss_c: np.float32
+    status: str
+    n_tiles: int
+
 
 class ScoringModel:
     """Checkpoint (path or loaded `Checkpoint`) + preset -> `process(images, indices, visualize)`."""
@@ -103,6 +159,7 @@ class ScoringModel:
         self.scorer = ckpt.scorer
         self.threshold = check_threshold(ckpt.scorer.threshold if threshold is None else threshold)
         self.threshold_overridden = threshold is not None
+        self.tiles = resolve_tiles(self.preset)
         self._engine = None
 
     @property
@@ -121,11 +178,8 @@ class ScoringModel:
             self._engine = Engine.from_preset(self.preset, self.fnet, self.checkpoint.center)
         return self._engine
 
-    def process(self, images: np.ndarray, indices: np.ndarray, visualize: str) -> ChunkOutcome:
-        """Score every image; fit maps for all / the flagged / none of them."""
-        from anounet_jax.engine.fit import FitResult
-        from anounet_jax.maps import smooth
-
+    def score(self, images: np.ndarray, visualize: str) -> ChunkOutcome:
+        """Score every image (at the preset's size); `fitted`: the rows to map (no fit yet)."""
         n = len(images)
         scores = np.full(n, np.nan, np.float32)
         problems: list = [None] * n
@@ -143,14 +197,150 @@ class ScoringModel:
             fit_mask = flagged
         else:
             fit_mask = np.zeros(n, bool)
-        fitted = np.flatnonzero(fit_mask)
-        fit = None
+        return ChunkOutcome(scores, flagged, problems, np.flatnonzero(fit_mask), None)
+
+    def process(self, images: np.ndarray, indices: np.ndarray, visualize: str) -> ChunkOutcome:
+        """Score every image; fit maps for all / the flagged / none of them at the preset's size (the
+        resize path; `fit_tiled` is the tiled one)."""
+        from anounet_jax.engine.fit import FitResult
+        from anounet_jax.maps import smooth
+
+        outcome = self.score(images, visualize)
+        fitted = outcome.fitted
         if len(fitted):
             idx = np.asarray(indices)[fitted]
             parts = [r for _, r in self.engine.iter_fit([(idx, images[fitted])], self.seed)]
             fit = FitResult.concatenate(parts)
             fit.heatmap = smooth(fit.heatmap, self.preset.maps.smoothing_sigma)
-        return ChunkOutcome(scores, flagged, problems, fitted, fit)
+            outcome.fit = fit
+        return outcome
+
+    # -------------------------------------------------------------------------------- tiling
+    def tiled_image(self, key, native: np.ndarray, first_index: int) -> TiledImage:
+        """The tile stream's item for one native image (scaled first if tiles.scale != 1)."""
+        spec = self.tiles
+        h, w = native.shape[:2]
+        scaled = resize_image(native, spec.scaled_hw(h, w)) if spec.scale != 1.0 else native
+        return TiledImage(key, scaled, spec.grid(h, w), int(first_index), payload=native)
+
+    def fit_tiled(self, items, on_tiles=None):
+        """TiledMaps per item (TiledImage from `tiled_image`), in order, each as soon as its last tile
+        is fitted. on_tiles(n): called after every engine chunk of n tiles (progress)."""
+        from anounet_jax.data.tiling import TileStream, fit_tiled
+
+        t = self.tiles.tile
+        chunk = self.engine.chunk_size_for((t, t, 3))
+        stream = TileStream(items, chunk, recon=True)
+
+        def fits(chunks):
+            for idx, res in self.engine.iter_fit(chunks, self.seed):
+                if on_tiles is not None:
+                    on_tiles(len(idx))
+                yield idx, res
+
+        for s in fit_tiled(fits, None, chunk, stream=stream):
+            yield self._finish_tiled(s)
+
+    def _finish_tiled(self, s) -> TiledMaps:
+        native = s.item.payload
+        h, w = native.shape[:2]
+        n = s.n_tiles
+        heat = recon = None
+        if s.all_diverged:
+            status = STATUS_DIVERGED
+        else:
+            heat = resize_map(smooth_map(s.heatmap, self.preset.maps.smoothing_sigma), (h, w))
+            recon = resize_map(s.recon, (h, w))
+            status = STATUS_OK
+            if s.diverged:
+                sy, sx = s.heatmap.shape[0] / h, s.heatmap.shape[1] / w
+                where = []
+                for d in s.diverged[:3]:
+                    y0, y1, x0, x1 = d.box
+                    box = (int(y0 / sy), min(h, int(np.ceil(y1 / sy))), int(x0 / sx), min(w, int(np.ceil(x1 / sx))))
+                    where.append(f"row {d.row} col {d.col} at y {box[0]}:{box[1]} x {box[2]}:{box[3]}")
+                more = f"; {len(s.diverged) - 3} more" if len(s.diverged) > 3 else ""
+                status = f"{STATUS_DIVERGED}: {len(s.diverged)} of {n} tiles ({'; '.join(where)}{more})"
+        return TiledMaps(s.key, native, heat, recon, np.float32(s.loss_r), np.float32(s.loss_c), status, n)
+
+
+def smooth_map(heat: np.ndarray, sigma: float) -> np.ndarray:
+    """maps.smooth of one (H, W) map; NaN pixels (holes left by diverged tiles) are left out of their
+    neighbours' averages and stay NaN."""
+    from anounet_jax.maps import smooth
+
+    nan = np.isnan(heat)
+    if not nan.any():
+        return smooth(heat, sigma)
+    num = smooth(np.where(nan, 0.0, heat), sigma)
+    den = smooth((~nan).astype(np.float32), sigma)
+    out = np.divide(num, den, out=np.full_like(num, np.nan), where=den > 1e-6)
+    out[nan] = np.nan
+    return out
+
+
+# ---------------------------------------------------------------------------------------- sources
+class NativeImages:
+    """Native-size access to the images of a score source (for tiling): `size(i)` -> (H, W) or None
+    (from the file header only, for folders), `load(i)` -> float32 (H, W, 3) in [0, 1] (io.py's
+    conversions: grayscale and 16-bit to RGB, alpha composited over black) or AnoUnetError naming
+    the file."""
+
+    def __init__(self, paths=None, arrays=None):
+        self.paths, self.arrays = paths, arrays
+
+    def __len__(self):
+        return len(self.paths if self.paths is not None else self.arrays)
+
+    def size(self, i: int) -> tuple[int, int] | None:
+        if self.arrays is not None:
+            return tuple(np.shape(self.arrays[i])[:2])
+        from anounet_jax.data.io import image_size
+
+        try:
+            return image_size(self.paths[i])
+        except AnoUnetError:
+            return None
+
+    def load(self, i: int) -> np.ndarray:
+        if self.arrays is not None:
+            return np.asarray(self.arrays[i], np.float32)
+        from anounet_jax.data.io import load_image
+
+        return load_image(self.paths[i])
+
+
+def _float_image(x) -> np.ndarray:
+    a = np.asarray(x)
+    a = a.astype(np.float32) / np.float32(255.0) if a.dtype == np.uint8 else np.asarray(a, np.float32)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        raise AnoUnetError(f"images must be (H, W, 3), got {a.shape}")
+    return a
+
+
+def open_score_source(inputs, model: "ScoringModel", recursive: bool = False):
+    """(source, natives): the chunked source of the images at the preset's size (for the f-Net score
+    and the resize path) and, when tiling, their native pixels (NativeImages; else None). Arrays may
+    then be of any size: one (N, H, W, 3) array or a list of (H, W, 3) arrays of different sizes."""
+    import os
+
+    from anounet_jax.data.sources import ArraySource, FolderSource, open_source
+    from anounet_jax.data.types import ImageSet
+
+    size = model.image_size
+    if model.tiles is None or isinstance(inputs, (ImageSet, str, os.PathLike)):
+        source = open_source(inputs, size, model.preset, recursive)
+        if model.tiles is None:
+            return source, None
+        if isinstance(source, FolderSource):
+            return source, NativeImages(paths=source.folder.paths)
+        return source, NativeImages(arrays=source.images)
+    if isinstance(inputs, np.ndarray) and inputs.ndim == 3:
+        inputs = inputs[None]
+    natives = [_float_image(x) for x in inputs]
+    scoring = np.stack([resize_image(x, (size, size)) for x in natives]) if natives else \
+        np.zeros((0, size, size, 3), np.float32)
+    return ArraySource(scoring, None, size), NativeImages(arrays=natives)
 
 
 def ids_digest(ids) -> str:
