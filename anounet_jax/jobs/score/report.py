@@ -5,8 +5,9 @@
     report-2.html... further pages of the flagged images, PAGE_SIZE per page
 
 Flagged images are sorted by score, highest first (ties in input order); each row shows the rank,
-file, score, losses, status and its overlay (`overlays/<file>.png`, a relative link, lazily loaded)
-when one was written. No JavaScript, no external CSS or fonts: the pages open from disk anywhere,
+file, score, losses, status and its overlay (`overlays/<file>.png`, a relative link, lazily loaded;
+shown as `thumbs/<file>.png` where the job wrote a thumbnail of a large overlay, linked to the full
+size) when one was written. No JavaScript, no external CSS or fonts: the pages open from disk anywhere,
 and thousands of flagged images cost only more pages.
 """
 
@@ -121,8 +122,10 @@ def _flagged_table(rows, start: int, out: Path) -> str:
     for rank, r in enumerate(rows, start + 1):
         img = ""
         rel = f"overlays/{r['file']}.png"
-        if (out / rel).is_file():
-            img = f'<img class="ov" loading="lazy" src="{_e(quote(rel))}" alt="{_e(r["file"])}">'
+        if (out / rel).is_file():  # the thumbnail when the job wrote one, linked to the full-size overlay
+            src = f"thumbs/{r['file']}.png" if (out / f"thumbs/{r['file']}.png").is_file() else rel
+            img = (f'<a href="{_e(quote(rel))}"><img class="ov" loading="lazy" src="{_e(quote(src))}" '
+                   f'alt="{_e(r["file"])}"></a>')
         cls = ' class="bad"' if r["status"] not in ("ok", "not visualized") else ""
         body.append(f"<tr><td class=\"num\">{rank}</td><td>{_e(r['file'])}</td>"
                     f"<td class=\"num\">{_num(r['score'])}</td><td class=\"num\">{_num(r['L_R'])}</td>"
