@@ -59,13 +59,15 @@ class Checkpoint:
     scorer: LOFScorer | DistanceScorer
     fingerprint: str
     path: str
+    feature_scale: float | None = None  # mean L_C of the normal training images (None: older checkpoint)
+    patch_memory: object = None  # fnet.patch_memory.PatchMemory, when the f-Net was trained with one
 
     @property
     def trained(self):
         """The f-Net stage as a job uses it (`fnet.train.TrainedFNet`), restored instead of trained."""
         from anounet_jax.fnet.train import TrainedFNet
 
-        return TrainedFNet(self.fnet, self.center, None, [])
+        return TrainedFNet(self.fnet, self.center, None, [], self.feature_scale, self.patch_memory)
 
 
 def _ocp():
@@ -91,7 +93,7 @@ def _split_scorer_state(state: dict) -> tuple[dict, dict]:
     return arrays, scalars
 
 
-def _digest(arrays: dict, scorer_scalars: dict) -> str:
+def _digest(arrays: dict, scorer_scalars: dict, extra: dict | None = None) -> str:
     h = hashlib.sha256()
     leaves = jax.tree_util.tree_flatten_with_path(arrays)[0]
     for key_path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
@@ -99,26 +101,42 @@ def _digest(arrays: dict, scorer_scalars: dict) -> str:
         h.update(f"{jax.tree_util.keystr(key_path)}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     h.update(json.dumps(scorer_scalars, sort_keys=True).encode())
+    if extra:  # scalars added later (feature and patch-memory scales): absent from older checkpoints
+        h.update(json.dumps(extra, sort_keys=True).encode())
     return h.hexdigest()
 
 
-def _array_tree(fnet_variables, center, scorer) -> tuple[dict, dict]:
+def _extra(feature_scale, patch_memory) -> dict:
+    out = {}
+    if feature_scale is not None:
+        out["feature_scale"] = float(feature_scale)
+    if patch_memory is not None:
+        out["patch_memory"] = {"scale": float(patch_memory.scale), "layers": list(patch_memory.layers)}
+    return out
+
+
+def _array_tree(fnet_variables, center, scorer, patch_memory=None) -> tuple[dict, dict]:
     if isinstance(fnet_variables, FrozenFNet):
         fnet_variables = fnet_variables.variables
     scorer_arrays, scorer_scalars = _split_scorer_state(scorer.state_dict())
     arrays = {"fnet": _to_numpy_tree(fnet_variables),
               "center": np.asarray(center, np.float32).reshape(-1),
               "scorer": scorer_arrays}
+    if patch_memory is not None:
+        arrays["patch_memory"] = np.asarray(patch_memory.memory, np.float32)
     return arrays, scorer_scalars
 
 
-def fingerprint(fnet_variables, center, scorer) -> str:
+def fingerprint(fnet_variables, center, scorer, feature_scale: float | None = None, patch_memory=None) -> str:
     """The content fingerprint `save_checkpoint` would store for these values (hex SHA-256)."""
-    return _digest(*_array_tree(fnet_variables, center, scorer))
+    return _digest(*_array_tree(fnet_variables, center, scorer, patch_memory), _extra(feature_scale, patch_memory))
 
 
-def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwrite: bool = False) -> str:
-    """Save f-Net variables (or a FrozenFNet), C, a fitted scorer and the preset as one checkpoint.
+def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwrite: bool = False,
+                    feature_scale: float | None = None, patch_memory=None) -> str:
+    """Save f-Net variables (or a FrozenFNet), C, a fitted scorer, the feature scale (the mean L_C of
+    the normal training images, `TrainedFNet.feature_scale`), the memory of normal patch features
+    (`TrainedFNet.patch_memory`, if any) and the preset as one checkpoint.
 
     Returns the content fingerprint. An existing `path` is an error unless overwrite=True (then it is
     replaced only once the new checkpoint is complete; see the module docstring).
@@ -127,11 +145,12 @@ def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwr
     if path.exists() and not overwrite:
         raise AnoUnetError("a checkpoint (or file) already exists here; pass overwrite=True to replace it",
                            path)
-    arrays, scorer_scalars = _array_tree(fnet_variables, center, scorer)
+    arrays, scorer_scalars = _array_tree(fnet_variables, center, scorer, patch_memory)
     check_variables(preset.fnet, preset.image_size, arrays["fnet"])
-    digest = _digest(arrays, scorer_scalars)
+    extra = _extra(feature_scale, patch_memory)
+    digest = _digest(arrays, scorer_scalars, extra)
     meta = {"format_version": FORMAT_VERSION, "preset": preset.to_dict(), "scorer": scorer_scalars,
-            "fingerprint": digest}
+            "fingerprint": digest, **extra}
     ocp = _ocp()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -224,7 +243,8 @@ def load_checkpoint(path, expected_preset: Preset | None = None) -> Checkpoint:
     if not isinstance(arrays, dict) or not {"fnet", "center", "scorer"} <= set(arrays):
         raise AnoUnetError("checkpoint arrays are incomplete", path)
     arrays = _to_numpy_tree(arrays)
-    digest = _digest(arrays, meta["scorer"])
+    extra = {k: meta[k] for k in ("feature_scale", "patch_memory") if meta.get(k) is not None}
+    digest = _digest(arrays, meta["scorer"], extra)
     if digest != meta["fingerprint"]:
         raise AnoUnetError("checkpoint is corrupt: its arrays do not match the stored fingerprint", path)
     try:
@@ -233,5 +253,12 @@ def load_checkpoint(path, expected_preset: Preset | None = None) -> Checkpoint:
         raise AnoUnetError(e.problem, path) from e
     variables = jax.device_put(arrays["fnet"])
     fnet = FrozenFNet.from_module(build_fnet_module(preset.fnet), variables)
+    memory = None
+    if "patch_memory" in arrays and "patch_memory" in extra:
+        from anounet_jax.fnet.patch_memory import PatchMemory
+
+        memory = PatchMemory(np.asarray(arrays["patch_memory"], np.float32), extra["patch_memory"]["scale"],
+                             tuple(extra["patch_memory"]["layers"]), preset.fnet)
     return Checkpoint(preset=preset, fnet=fnet, center=np.asarray(arrays["center"], np.float32),
-                      scorer=scorer, fingerprint=digest, path=str(path))
+                      scorer=scorer, fingerprint=digest, path=str(path),
+                      feature_scale=extra.get("feature_scale"), patch_memory=memory)

@@ -38,6 +38,17 @@ class FNetConfig:
     batch_size: int = 128
     epochs: int = 30
     augment: bool = True  # flips and 90-degree rotations
+    # BatchNorm statistics of the frozen f-Net: "moving" keeps the moving averages training left
+    # (Keras' momentum 0.999: after a few hundred steps still mostly their initial values, so the frozen
+    # network is not the trained one); "recompute" replaces them with the mean batch statistics of the
+    # training images under the trained weights (what training normalized with).
+    bn_stats: str = "moving"
+    # Self-supervised: one damaged copy of every normal image (fnet/irregularities.py: cut-paste,
+    # noise, blur, colour in a small region) as one more class, "normal with a flaw".
+    synthetic_flaws: bool = False
+    # The memory of normal patch features for the spatial term (fit.spatial_beta): its size as a
+    # fraction of all normal patch vectors (a greedy coreset, fnet/patch_memory.py); 0 = none.
+    patch_memory: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +58,21 @@ class FitConfig:
     optimizer: str = "sgd"  # "sgd" (momentum) | "adam"
     lr: float = 1e-3
     momentum: float = 0.9
+    # L_C's unit: "raw" (the original: beta depends on the f-Net's feature scale) or "normal" (L_C is
+    # divided by the mean L_C of the normal training images, so beta = 1 weighs a typical normal
+    # image's distance to C like its mean absolute reconstruction error of 1).
+    lc_scale: str = "raw"
+    # Weight of the spatial feature term: G(x)'s local f-Net features against a memory of normal patch
+    # features (engine/steps.py spatial_loss), in units of a normal patch's squared distance; 0 = off (the original).
+    spatial_beta: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
 class MapConfig:
     smoothing_sigma: float = 0.0  # Gaussian smoothing of every method's raw maps (pixels); 0 = none
+    # image score from a smoothed map (maps.map_score): "max" (the original) or "top1" (the mean of
+    # the map's top 1% of pixels: one hot pixel of noise counts less)
+    image_score: str = "max"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,6 +40,21 @@ def residual_map(x, recon) -> np.ndarray:
     return np.abs(a - b).mean(axis=-1, dtype=np.float32)
 
 
+MAP_SCORES = ("max", "top1")
+
+
+def map_score(maps, how: str = "max") -> np.ndarray:
+    """One image score per map (N, H, W) -> (N,): "max" its largest value, "top1" the mean of its
+    largest 1% of values (at least one)."""
+    flat = np.asarray(maps, np.float32).reshape(len(maps), -1)
+    if how == "max":
+        return flat.max(1) if flat.size else np.zeros(len(flat), np.float32)
+    if how == "top1":
+        k = max(1, flat.shape[1] // 100)
+        return np.partition(flat, flat.shape[1] - k, axis=1)[:, -k:].mean(1)
+    raise AnoUnetError(f"unknown map score {how!r}; use one of {', '.join(MAP_SCORES)}")
+
+
 def smooth(maps, sigma: float) -> np.ndarray:
     """Gaussian smoothing of each map over H and W only (never across maps), float32.
 

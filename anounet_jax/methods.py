@@ -4,7 +4,8 @@ A method turns normal training images and test images into raw maps (not smoothe
 smooths every method alike) and, where it has one, its own image score:
 
     out = METHODS["autoencoder"].run(MethodInputs(train, test_images, preset, seed=0))
-    out.heatmap (N, H, W), out.score (N,) or None (then the map's max is the score), out.diverged (N,)
+    out.heatmap (N, H, W), out.score (N,) or None (then the preset's map score, maps.image_score, of
+    the smoothed map is the score), out.diverged (N,)
 
 Methods that need the f-Net (`needs_fnet`) get the job's one trained f-Net in `inputs.trained`: it is
 trained once and shared. To add a method: write a `run` function and `register(Method(...))` it.
@@ -93,7 +94,7 @@ def _from_baseline(res) -> MethodOutput:
 def _ano_unet(inputs: MethodInputs) -> MethodOutput:
     from anounet_jax.engine.fit import Engine
 
-    engine = Engine.from_preset(inputs.preset, inputs.trained.fnet, inputs.trained.center)
+    engine = Engine.for_trained(inputs.preset, inputs.trained)
     res = engine.fit(inputs.test_images, seed=inputs.seed, progress=inputs.progress)
     return MethodOutput(res.heatmap, None, res.diverged, {"engine_formulation": engine.formulation})
 
@@ -129,7 +130,8 @@ def _feature_memory(inputs: MethodInputs) -> MethodOutput:
     return _from_baseline(model.score_maps(inputs.test_images))
 
 
-register(Method("ano-unet", _ano_unet, "max of the smoothed map", needs_fnet=True))
+register(Method("ano-unet", _ano_unet, "the preset's score of the smoothed map (maps.image_score)",
+                needs_fnet=True))
 register(Method("autoencoder", _autoencoder, "sum of the raw map"))
 register(Method("doc-decoder", _doc_decoder, "sum of the raw map", needs_fnet=True))
 register(Method("anogan", _anogan, "latent-search loss L(z*)"))

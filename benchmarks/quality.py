@@ -6,7 +6,8 @@
 --data: "tuning" or "held-out" (the fixed split of the synthetic families, data/synthetic.py: tune
 presets and method choices ONLY on "tuning"; "held-out" is for reporting), or a comma-separated list
 of data sources ("embedded", "synthetic:weave", an MVTec AD category folder).
---ablation adds Ano-Unet with beta 0 (the per-image fit alone, no f-Net term) as "ano-unet[beta=0]".
+--ablation adds Ano-Unet with beta 0 and spatial_beta 0 (the per-image fit alone, no f-Net term) as
+"ano-unet[beta=0]".
 
 Every data set runs `anounet_jax.jobs.evaluate.evaluate` (one shared f-Net, the same smoothing for
 every method's maps) into OUT/<name>/<methods>/ for the methods OUT/<name>/metrics.json does not hold
@@ -45,7 +46,8 @@ def _register_ablation() -> None:
     base = METHODS["ano-unet"]
 
     def run(inputs):
-        return base.run(type(inputs)(**{**inputs.__dict__, "preset": inputs.preset.replace(fit={"beta": 0.0})}))
+        preset = inputs.preset.replace(fit={"beta": 0.0, "spatial_beta": 0.0})  # no f-Net term at all
+        return base.run(type(inputs)(**{**inputs.__dict__, "preset": preset}))
 
     register(Method(ABLATION, run, base.image_score, needs_fnet=True))
 

@@ -141,3 +141,29 @@ def test_missing_and_corrupt_checkpoints(tmp_path, parts):
     shutil.rmtree(path / "arrays")
     with pytest.raises(AnoUnetError, match="arrays are unreadable"):
         load_checkpoint(path)
+
+
+def test_feature_scale_and_patch_memory_round_trip_and_drive_the_same_engine(tmp_path, parts):
+    """A checkpoint of an f-Net with a feature scale and a memory of normal patch features gives back
+    both (fingerprinted), so `anounet score` fits with the same scale-free, spatial loss."""
+    from anounet_jax.engine.fit import Engine
+    from anounet_jax.fnet.patch_memory import build_patch_memory
+
+    fnet, images, _, center, scorers = parts
+    preset = TINY.replace(fnet={"patch_memory": 0.5}, fit={"lc_scale": "normal", "spatial_beta": 1.0, "steps": 2})
+    memory = build_patch_memory(fnet, preset.fnet, images[:16], coreset_fraction=0.5)
+    path = tmp_path / "ckpt"
+    digest = save_checkpoint(path, preset, fnet, center, scorers["l2"], feature_scale=0.25, patch_memory=memory)
+    assert digest != fingerprint(fnet, center, scorers["l2"])  # the new content is fingerprinted
+    assert digest == fingerprint(fnet, center, scorers["l2"], 0.25, memory)
+    ck = load_checkpoint(path)
+    assert ck.feature_scale == 0.25 and ck.patch_memory.scale == memory.scale
+    assert ck.patch_memory.layers == memory.layers
+    np.testing.assert_array_equal(ck.patch_memory.memory, memory.memory)
+    a = Engine.for_trained(preset, ck.trained, formulation="loop").fit(images[16:18], seed=1)
+    b = Engine.from_preset(preset, fnet, center, 0.25, memory, formulation="loop").fit(images[16:18], seed=1)
+    np.testing.assert_array_equal(a.heatmap, b.heatmap)
+    # an older checkpoint (no scale) cannot drive a scale-free fit: a clear error, not a silent unit
+    save_checkpoint(tmp_path / "old", TINY, fnet, center, scorers["l2"])
+    with pytest.raises(AnoUnetError, match="feature scale"):
+        Engine.for_trained(preset.replace(fit={"spatial_beta": 0.0}), load_checkpoint(tmp_path / "old").trained)

@@ -167,12 +167,17 @@ def test_the_losses_are_the_papers_and_beta_weights_the_f_net_term(random_fnet):
     eng = _engine(random_fnet, beta=2.5)
     keys = np.asarray(jax.random.split(jax.random.PRNGKey(0), 3))
     params, _ = jax.jit(lambda k, x: steps.init(eng.spec, k, x))(keys, x)
-    total, (recon, loss_r, loss_c) = steps.losses(eng.spec, params, x, random_fnet.variables, eng.center)
+    total, (recon, loss_r, loss_c) = steps.losses(eng.spec, params, x, random_fnet.variables, eng.target)
     recon = np.asarray(recon)
     np.testing.assert_allclose(loss_r, np.abs(x - recon).mean((1, 2, 3)), rtol=1e-5)
     feats = np.asarray(random_fnet.apply(random_fnet.variables, recon))
     np.testing.assert_allclose(loss_c, np.abs(feats - np.asarray(eng.center)).mean(-1), rtol=1e-5)
     np.testing.assert_allclose(total, loss_r + 2.5 * loss_c, rtol=1e-6)
+    # a feature scale divides L_C (lc_scale "normal"): beta is then in units of a normal image's L_C
+    scaled = Engine(TINY.unet, eng.fit_cfg, random_fnet, eng.center, formulation="vmap_matmul",
+                    feature_scale=5.0)
+    total5 = steps.losses(scaled.spec, params, x, random_fnet.variables, scaled.target)[0]
+    np.testing.assert_allclose(total5, loss_r + 0.5 * loss_c, rtol=1e-6)
     plain = _engine(random_fnet, optimizer="sgd", lr=1e-2, beta=0.0).fit(x, seed=1)
     pulled = _engine(random_fnet, optimizer="sgd", lr=1e-2, beta=50.0).fit(x, seed=1)
     assert np.abs(plain.recon - pulled.recon).max() > 20 * CROSS_FORMULATION_ATOL

@@ -193,7 +193,7 @@ def test_blocked_nearest_distances_match_brute_force(k):
     rng = np.random.default_rng(1)
     q = rng.normal(size=(50, 5)).astype(np.float32)
     mem = rng.normal(size=(70, 5)).astype(np.float32)
-    blocks, sq = fm._memory_blocks(mem, 16)  # 5 blocks, the last one padded
+    blocks, sq = fm.memory_blocks(mem, 16)  # 5 blocks, the last one padded
     got = np.asarray(fm.nearest_distances(jnp.asarray(q), jnp.asarray(blocks), jnp.asarray(sq), k))
     d = np.sqrt(((q[:, None] - mem[None]) ** 2).sum(-1))
     np.testing.assert_allclose(got, np.sort(d, 1)[:, :k].mean(1), rtol=1e-4, atol=1e-5)

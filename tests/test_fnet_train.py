@@ -108,7 +108,7 @@ def test_l2_softmax_logits_are_the_head_of_alpha_times_unit_features():
     kernel = np.asarray(params["head"]["kernel"], np.float64)
     bias = np.asarray(params["head"]["bias"], np.float64)
 
-    f, logits = Classifier(backbone, classes, alpha).apply(variables, x, train=False)
+    f, logits, _ = Classifier(backbone, classes, alpha).apply(variables, x, train=False)
     f = np.asarray(f, np.float64)
     assert f.shape == (5, 8) and logits.shape == (5, classes)
     z = alpha * f / np.linalg.norm(f, axis=1, keepdims=True)
@@ -117,12 +117,70 @@ def test_l2_softmax_logits_are_the_head_of_alpha_times_unit_features():
     # the logits do not depend on the scale of f: a backbone giving 7 f gives the same logits
     scaled_vars = {"params": {"backbone": {"inner": params["backbone"]}, "head": params["head"]},
                    "batch_stats": {"backbone": {"inner": variables["batch_stats"]["backbone"]}}}
-    f7, logits7 = Classifier(_Times7(backbone), classes, alpha).apply(scaled_vars, x, train=False)
+    f7, logits7, _ = Classifier(_Times7(backbone), classes, alpha).apply(scaled_vars, x, train=False)
     np.testing.assert_allclose(f7, 7.0 * f, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(logits7, logits, rtol=1e-5, atol=1e-5)
 
     # DOC (alpha_l2 None): the head sees f itself, so the scale does change the logits
-    _, plain = Classifier(backbone, classes, None).apply(variables, x, train=False)
+    _, plain, _ = Classifier(backbone, classes, None).apply(variables, x, train=False)
     np.testing.assert_allclose(plain, f @ kernel + bias, rtol=1e-5, atol=1e-5)
-    _, plain7 = Classifier(_Times7(backbone), classes, None).apply(scaled_vars, x, train=False)
+    _, plain7, _ = Classifier(_Times7(backbone), classes, None).apply(scaled_vars, x, train=False)
     np.testing.assert_allclose(plain7, 7.0 * f @ kernel + bias, rtol=1e-5, atol=1e-5)
+
+
+def _train_mode_mismatch(trained_fnet, images):
+    """Relative distance between the frozen (inference-mode) features of `images` and the features
+    training computes for the same batch (BatchNorm with the batch's own statistics)."""
+    module = build_fnet_module(TINY.fnet)
+    frozen = trained_fnet.fnet.features(images)
+    seen, _ = module.apply(trained_fnet.fnet.variables, jnp.asarray(images), train=True, mutable=["batch_stats"])
+    seen = np.asarray(seen)
+    return float(np.linalg.norm(frozen - seen) / np.linalg.norm(seen - seen.mean(0)))
+
+
+def test_recomputed_batch_norm_statistics_make_the_frozen_f_net_the_trained_one(trained, data):
+    """With 12 training steps the moving averages (momentum 0.99) are still ~89% their initial values:
+    the frozen f-Net's features of the training images differ from what training saw. Recomputed
+    statistics (fnet.bn_stats "recompute") make them agree, and give C a real scale."""
+    normal, reference = data
+    images = np.concatenate([normal.images, reference.images])
+    with jax.default_prng_impl("rbg"):
+        recomputed = train_fnet(dataclasses.replace(_cfg("l2softmax"), bn_stats="recompute"), normal, reference,
+                                seed=0, progress=False)
+    moving = trained["l2softmax"]
+    # same weights (same seed and data); only the statistics differ
+    w_a = jax.tree.leaves(moving.fnet.variables["params"])
+    w_b = jax.tree.leaves(recomputed.fnet.variables["params"])
+    assert all(np.array_equal(a, b) for a, b in zip(w_a, w_b))
+    bad, good = _train_mode_mismatch(moving, images), _train_mode_mismatch(recomputed, images)
+    print(f"mismatch: moving {bad:.4f}, recomputed {good:.4f}")
+    assert good < 0.1 and bad > 3 * good
+    assert recomputed.feature_scale == pytest.approx(
+        np.abs(recomputed.train_features - recomputed.center).mean(), rel=1e-6)
+
+
+def test_flawed_copies_change_only_their_region_and_repeat_with_the_seed(data):
+    from anounet_jax.fnet.irregularities import flawed_copies
+
+    normal, _ = data
+    x = normal.images[:12]
+    flawed, masks = flawed_copies(x, seed=3)
+    again, _ = flawed_copies(x, seed=3)
+    np.testing.assert_array_equal(flawed, again)
+    assert flawed.shape == x.shape and masks.shape == x.shape[:3]
+    changed = np.abs(flawed - x).max(-1) > 1e-6
+    assert not (changed & (masks == 0)).any()  # nothing outside the region
+    assert all(changed[i][masks[i] > 0.5].mean() > 0.3 for i in range(len(x)))  # the region is damaged
+    assert ((masks > 0.5).mean((1, 2)) < 0.2).all()  # a local flaw, not a new image
+
+
+def test_synthetic_flaw_training_localizes_flaws(data):
+    """With synthetic flaws the f-Net also trains a flaw-localization head: its loss falls, and the
+    frozen f-Net (head dropped) has the same interface as before."""
+    normal, reference = data
+    with jax.default_prng_impl("rbg"):
+        cfg = dataclasses.replace(_cfg("l2softmax", epochs=6), synthetic_flaws=True, bn_stats="recompute")
+        res = train_fnet(cfg, normal, reference, seed=0, progress=False)
+    assert res.history[-1] < res.history[0] and np.isfinite(res.history).all()
+    feats = res.fnet.features(normal.images[:4])
+    assert feats.shape == (4, build_fnet_module(TINY.fnet).features) and np.isfinite(feats).all()

@@ -137,3 +137,17 @@ def test_panel_errors(tmp_path):
     with pytest.raises(AnoUnetError, match="cannot write") as e:
         save_panel(blocker / "p.png", [("m", np.zeros((4, 4), bool))])
     assert str(blocker) in str(e.value)
+
+
+def test_map_score_top1_weighs_a_hot_region_over_one_hot_pixel():
+    from anounet_jax.maps import map_score
+
+    pixel = np.zeros((20, 20), np.float32)
+    pixel[3, 3] = 1.0  # one hot pixel of noise
+    region = np.zeros((20, 20), np.float32)
+    region[5:7, 5:7] = 0.6  # a small hot region (4 px = the top 1% of 400 is 4 px)
+    maps = np.stack([pixel, region])
+    np.testing.assert_allclose(map_score(maps, "max"), [1.0, 0.6])
+    np.testing.assert_allclose(map_score(maps, "top1"), [0.25, 0.6])
+    with pytest.raises(AnoUnetError, match="top1"):
+        map_score(maps, "mean")

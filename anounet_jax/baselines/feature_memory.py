@@ -20,14 +20,12 @@ never depend on the other images of its batch (the f-Net runs in inference mode)
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from tqdm.auto import tqdm
 
 from anounet_jax.baselines.configs import FeatureMemoryConfig
@@ -37,6 +35,7 @@ from anounet_jax.data.types import ImageSet
 from anounet_jax.errors import AnoUnetError
 from anounet_jax.fnet.local import default_layers, finest_stride, local_feature_fn, upsample_to_image
 from anounet_jax.fnet.model import FrozenFNet
+from anounet_jax.fnet.patch_memory import greedy_coreset, memory_blocks, nearest_distances
 
 
 def _check_config(cfg: FeatureMemoryConfig) -> None:
@@ -50,98 +49,6 @@ def _check_config(cfg: FeatureMemoryConfig) -> None:
 def memory_size(n_vectors: int, cfg: FeatureMemoryConfig) -> int:
     """How many of `n_vectors` normal patch vectors the memory keeps."""
     return max(1, min(n_vectors, cfg.max_memory, math.ceil(cfg.coreset_fraction * n_vectors)))
-
-
-# ----------------------------------------------------------------------------- coreset
-
-
-@jax.jit
-def _sq_dist_to(z, i):
-    return jnp.sum(jnp.square(z - z[i]), axis=1)
-
-
-@functools.partial(jax.jit, static_argnums=2)
-def _greedy_steps(z, min_d2, steps: int):
-    """`steps` greedy k-center picks: each takes the point farthest from the chosen ones (min_d2 is
-    each point's squared distance to them; chosen points hold -1, so they are never picked again)."""
-
-    def body(min_d2, _):
-        i = jnp.argmax(min_d2)
-        min_d2 = jnp.minimum(min_d2, jnp.sum(jnp.square(z - z[i]), axis=1)).at[i].set(-1.0)
-        return min_d2, i
-
-    min_d2, picks = lax.scan(body, min_d2, None, length=steps)
-    return picks, min_d2
-
-
-def greedy_coreset(vectors, size: int, seed: int = 0, projection_dim: int | None = 128,
-                   chunk: int = 512, progress: bool = False) -> np.ndarray:
-    """Indices (size,) of a greedy k-center coreset of `vectors` (n, C), all distinct.
-
-    Starts at a random point (numpy PCG64 from `seed`), then adds the point farthest from the chosen
-    set, `size - 1` times: a 2-approximation of the minimal covering radius (Gonzalez 1985). As in
-    PatchCore, distances are taken on a Gaussian random projection to `projection_dim` dims
-    (Johnson-Lindenstrauss: distances kept up to a small factor) when C is larger; None: never.
-    Runs in jitted chunks of `chunk` steps (one compilation for any size; the last chunk's extra
-    picks are dropped: greedy picks do not depend on how many follow). size >= n: all indices.
-    """
-    v = np.asarray(vectors, np.float32)
-    n, c = v.shape
-    size = int(size)
-    if size < 1:
-        raise AnoUnetError(f"coreset size must be >= 1, got {size}")
-    if size >= n:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    if projection_dim is not None and c > projection_dim:
-        proj = rng.standard_normal((c, projection_dim), np.float32) / np.float32(np.sqrt(projection_dim))
-        v = v @ proj
-    z = jnp.asarray(v)
-    start = int(rng.integers(n))
-    min_d2 = _sq_dist_to(z, start).at[start].set(-1.0)
-    picks = [np.array([start])]
-    with tqdm(total=size, initial=1, desc="coreset", unit="pt", disable=not progress) as bar:
-        while sum(len(p) for p in picks) < size:
-            idx, min_d2 = _greedy_steps(z, min_d2, int(chunk))
-            picks.append(np.asarray(idx))
-            bar.update(min(int(chunk), size - bar.n))
-    return np.concatenate(picks)[:size]
-
-
-# ----------------------------------------------------------------------------- nearest neighbours
-
-
-def nearest_distances(queries, blocks, block_sq, k: int = 1):
-    """(Q,) mean Euclidean distance of each query (Q, C) to its k nearest memory vectors.
-
-    The memory comes as `blocks` (nb, B, C) with squared norms `block_sq` (nb, B); padding rows have
-    norm +inf, so they are never among the nearest. Squared distances ||a||^2 - 2ab + ||b||^2 are
-    clipped at 0 (float cancellation for near-identical vectors) before the square root.
-    """
-    q_sq = jnp.sum(queries * queries, axis=1)
-
-    def step(best, block):
-        b, b_sq = block
-        # HIGHEST: no reduced-precision (TF32/bf16) matmul on accelerators; the expansion cancels
-        d2 = q_sq[:, None] - 2.0 * jnp.dot(queries, b.T, precision=lax.Precision.HIGHEST) + b_sq[None, :]
-        if k == 1:
-            return jnp.minimum(best, jnp.min(d2, axis=1, keepdims=True)), None
-        return -lax.top_k(-jnp.concatenate([best, d2], axis=1), k)[0], None
-
-    best = jnp.full((queries.shape[0], k), jnp.inf, queries.dtype)
-    best, _ = lax.scan(step, best, (blocks, block_sq))
-    return jnp.mean(jnp.sqrt(jnp.maximum(best, 0.0)), axis=1)
-
-
-def _memory_blocks(memory: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """(nb, block, C) zero-padded blocks and their squared norms, +inf on the padding rows."""
-    m, c = memory.shape
-    nb = -(-m // block)
-    blocks = np.zeros((nb * block, c), np.float32)
-    blocks[:m] = memory
-    sq = np.full(nb * block, np.inf, np.float32)
-    sq[:m] = np.einsum("ij,ij->i", memory, memory)
-    return blocks.reshape(nb, block, c), sq.reshape(nb, block)
 
 
 # ----------------------------------------------------------------------------- model
@@ -162,7 +69,7 @@ class FeatureMemory:
     def __post_init__(self):
         features = local_feature_fn(self.fnet_cfg, self.layers)
         k = min(int(self.cfg.k), len(self.memory))
-        self._blocks = tuple(map(jnp.asarray, _memory_blocks(self.memory, int(self.cfg.memory_block))))
+        self._blocks = tuple(map(jnp.asarray, memory_blocks(self.memory, int(self.cfg.memory_block))))
 
         def patch_scores(variables, blocks, block_sq, images):
             f = features(variables, images)

@@ -1,6 +1,8 @@
 """The batched per-image fit: one independent U-Net G_i per test image x_i, many fitted at once.
 
-    L_i = mean|x_i - G_i(x_i)| + beta * mean|f(G_i(x_i)) - C|        raw heatmap_i = mean_c |x_i - G_i(x_i)|
+    L_i = mean|x_i - G_i(x_i)| + beta * mean|f(G_i(x_i)) - C| / scale    raw heatmap_i = mean_c |x_i - G_i(x_i)|
+
+(scale = 1, the original, or the typical L_C of a normal image: FitConfig.lc_scale.)
 
 The maths is in engine/steps.py; this module runs it: chunks, formulations, devices. Results per image
 do not depend on chunking, batch size or device count (per-image PRNG keys, engine/batching.py), and a
@@ -87,6 +89,7 @@ class Engine:
     """Fits per-image U-Nets to chunks of images; see the module docstring.
 
     unet_cfg, fit_cfg: UNetConfig, FitConfig. fnet: the frozen feature network. center: C, (D,).
+    feature_scale: L_C's unit (L_C is divided by it; `TrainedFNet.feature_scale` for lc_scale "normal").
     formulation: "auto", "measure" (time the backend's candidates on the first chunk's shape) or one of
     FORMULATIONS. chunk_size: images fitted at once, used as given; None: `default_chunk`, lowered
     where one chunk's step would take more than half the device's free memory (XLA's memory analysis,
@@ -97,10 +100,22 @@ class Engine:
 
     def __init__(self, unet_cfg, fit_cfg, fnet: FrozenFNet, center, *, formulation: str = "auto",
                  chunk_size: int | None = None, default_chunk: int = 8, steps_per_call: int = 1,
-                 devices=None, compute_dtype=jnp.float32):
+                 devices=None, compute_dtype=jnp.float32, feature_scale: float = 1.0, patch_memory=None):
         self.unet_cfg, self.fit_cfg = unet_cfg, fit_cfg
         self.fnet = fnet
         self.center = jnp.asarray(center, jnp.float32)
+        if not (np.isfinite(feature_scale) and feature_scale > 0):
+            raise AnoUnetError(f"feature_scale must be a positive number, got {feature_scale!r}")
+        self.feature_scale = float(feature_scale)
+        # L_C's weight and target, run-time arguments of the compiled step (engine/steps.py)
+        self.target = {"center": self.center, "weight": jnp.float32(fit_cfg.beta / self.feature_scale)}
+        self.patch_memory = patch_memory
+        if getattr(fit_cfg, "spatial_beta", 0.0) > 0:
+            if patch_memory is None:
+                raise AnoUnetError("fit.spatial_beta > 0 needs the f-Net's memory of normal patch features: "
+                                   "train the f-Net with fnet.patch_memory > 0 (e.g. 0.01)")
+            self.target.update(memory=jnp.asarray(patch_memory.memory, jnp.float32),
+                               spatial_weight=jnp.float32(fit_cfg.spatial_beta / patch_memory.scale))
         self.steps_per_call = max(1, int(steps_per_call))
         if fit_cfg.steps % self.steps_per_call:
             raise AnoUnetError(f"steps ({fit_cfg.steps}) must be a multiple of steps_per_call "
@@ -119,11 +134,28 @@ class Engine:
             self._set_formulation(resolve_formulation(formulation, self.devices[0].platform))
 
     @classmethod
-    def from_preset(cls, preset, fnet: FrozenFNet, center, **kw) -> "Engine":
-        """The engine a preset describes (its unet, fit and engine sections); kw overrides."""
+    def from_preset(cls, preset, fnet: FrozenFNet, center, feature_scale: float | None = None,
+                    patch_memory=None, **kw) -> "Engine":
+        """The engine a preset describes (its unet, fit and engine sections); kw overrides.
+        feature_scale: `TrainedFNet.feature_scale`, required when preset.fit.lc_scale is "normal"."""
+        if preset.fit.lc_scale == "normal":
+            if feature_scale is None:
+                raise AnoUnetError("fit.lc_scale 'normal' needs the f-Net's feature scale (the mean L_C of "
+                                   "the normal training images); retrain the f-Net or checkpoint")
+            kw["feature_scale"] = feature_scale
+        elif preset.fit.lc_scale != "raw":
+            raise AnoUnetError(f"unknown fit.lc_scale {preset.fit.lc_scale!r}; use 'raw' or 'normal'")
         kw.setdefault("formulation", preset.engine.formulation)
+        if preset.fit.spatial_beta > 0:
+            kw.setdefault("patch_memory", patch_memory)
         kw.setdefault("default_chunk", preset.engine.chunk_size)
         return cls(preset.unet, preset.fit, fnet, center, **kw)
+
+    @classmethod
+    def for_trained(cls, preset, trained, **kw) -> "Engine":
+        """The preset's engine on the f-Net stage's result (`fnet.train.TrainedFNet`)."""
+        return cls.from_preset(preset, trained.fnet, trained.center, trained.feature_scale,
+                               trained.patch_memory, **kw)
 
     def _set_formulation(self, formulation: str) -> None:
         self.formulation = formulation
@@ -131,7 +163,9 @@ class Engine:
         conv_impl = {"vmap_matmul": "matmul", "vmap_conv": "lax"}.get(formulation, batch1)
         f = self.fit_cfg
         self.spec = StepSpec(unet=unet_from_config(self.unet_cfg, conv_impl=conv_impl, dtype=self.compute_dtype),
-                             fnet_apply=self.fnet.apply, beta=float(f.beta), optimizer=f.optimizer,
+                             fnet_apply=self.fnet.apply,
+                             local_apply=self.patch_memory.local_apply if "spatial_weight" in self.target else None,
+                             optimizer=f.optimizer,
                              lr=float(f.lr), momentum=float(f.momentum),
                              per_image="vmap" if formulation.startswith("vmap") else "unroll",
                              steps_per_call=self.steps_per_call)
@@ -161,7 +195,7 @@ class Engine:
                 free = memory.free_memory(self.devices[0])
                 if self.devices[0].platform == "cpu":  # CPU devices share the host's memory
                     free //= n_dev
-                mem = memory.step_memory(self.spec, self.mesh, shape, self.fnet.variables, self.center)
+                mem = memory.step_memory(self.spec, self.mesh, shape, self.fnet.variables, self.target)
                 size = memory.chunk_for_memory(mem, free, self.chunk_size, n_dev)
             self._chunks[shape] = size
         return self._chunks[shape]
@@ -171,7 +205,7 @@ class Engine:
         fns = self.programs
         if self._placed is None:
             self._placed = (jax.device_put(self.fnet.variables, fns["replicated"]),
-                            jax.device_put(self.center, fns["replicated"]))
+                            jax.device_put(self.target, fns["replicated"]))
         x = jax.device_put(images, fns["images"])
         params, opt_state = fns["init"](jax.device_put(keys, fns["images"]), x)
         for _ in range(self.fit_cfg.steps // self.steps_per_call):
@@ -234,7 +268,7 @@ def measure_formulation(unet_cfg, fit_cfg, fnet, center, image_shape, candidates
     per configuration in the process."""
     backend = (list(devices)[0].platform if devices else jax.default_backend())
     candidates = tuple(candidates or MEASURE_CANDIDATES.get(backend, FORMULATIONS))
-    maths = (fit_cfg.beta, fit_cfg.optimizer, fit_cfg.lr, fit_cfg.momentum)
+    maths = (fit_cfg.optimizer, fit_cfg.lr, fit_cfg.momentum)
     key = (unet_cfg, maths, fnet.apply, tuple(image_shape), candidates, chunk_size, backend)
     if key not in _MEASURED_CHOICE:
         x = np.random.default_rng(0).random((chunk_size, *image_shape), dtype=np.float32)

@@ -1,6 +1,10 @@
 """The per-image fit's maths as pure module-level functions, and their compiled, sharded programs.
 
-    L_i = L_R + beta * L_C,   L_R = mean|x_i - G_i(x_i)|,   L_C = mean|f(G_i(x_i)) - C|
+    L_i = L_R + w * L_C,   L_R = mean|x_i - G_i(x_i)|,   L_C = mean|f(G_i(x_i)) - C|,   w = beta / scale
+
+`target = {"center": C, "weight": w}` is a run-time argument (scale is 1 for the original's raw L_C,
+or the typical L_C of a normal image, FitConfig.lc_scale): a beta sweep or a new f-Net reuses the
+compiled programs.
 
 Every image has its own U-Net parameters and optimizer state (a leading image axis on every leaf).
 The gradient of the sum of per-image losses with respect to image i's parameters is exactly dL_i
@@ -34,12 +38,13 @@ from anounet_jax.models.unet import init_unet_params
 class StepSpec:
     unet: nn.Module  # the per-image U-Net (its conv arithmetic and dtype included)
     fnet_apply: Callable[[Any, jax.Array], jax.Array]  # the frozen f-Net (fnet.model.inference_apply)
-    beta: float
     optimizer: str  # "sgd" | "adam"
     lr: float
     momentum: float
     per_image: str  # "vmap" | "unroll"
     steps_per_call: int = 1
+    # the f-Net's local feature maps (fnet.local.local_feature_fn), for the spatial term; None: no such term
+    local_apply: Callable[[Any, jax.Array], jax.Array] | None = None
 
 
 def make_optimizer(optimizer: str, lr: float, momentum: float, batch_norm: bool) -> optax.GradientTransformation:
@@ -83,13 +88,31 @@ def _over_images(spec: StepSpec, fn):
     return unrolled
 
 
-def losses(spec: StepSpec, params, x, fnet_vars, center):
-    """Per-image (L, (recon, L_R, L_C)), each (N,) (recon (N, H, W, 3))."""
+def losses(spec: StepSpec, params, x, fnet_vars, target):
+    """Per-image (L, (recon, L_R, L_C)), each (N,) (recon (N, H, W, 3)); L_C in the f-Net's raw units."""
     recon = _over_images(spec, lambda p, xi: spec.unet.apply({"params": p}, xi[None])[0])(params, x)
     loss_r = jnp.mean(jnp.abs(x - recon), axis=(1, 2, 3))
     feat = spec.fnet_apply(fnet_vars, recon.astype(jnp.float32))
-    loss_c = jnp.mean(jnp.abs(feat - center), axis=-1)
-    return loss_r + spec.beta * loss_c, (recon, loss_r, loss_c)
+    loss_c = jnp.mean(jnp.abs(feat - target["center"]), axis=-1)
+    total = loss_r + target["weight"] * loss_c
+    if spec.local_apply is not None:
+        total = total + target["spatial_weight"] * spatial_loss(spec, recon, fnet_vars, target)
+    return total, (recon, loss_r, loss_c)
+
+
+def spatial_loss(spec: StepSpec, recon, fnet_vars, target):
+    """Per image (N,): the mean over positions of the squared distance from G(x)'s local f-Net feature
+    to its nearest neighbour in the memory of normal patch features (target["memory"] (M, C)).
+    Squared: the pull on a patch grows with its distance (a plain distance pulls every patch with the
+    same force), so the gradient lands where G(x) looks unlike any normal patch: on the defect."""
+    lf = spec.local_apply(fnet_vars, recon.astype(jnp.float32))
+    n, h, w, c = lf.shape
+    q = lf.reshape(n * h * w, c)
+    mem = target["memory"]
+    d2 = (jnp.sum(q * q, 1, keepdims=True) - 2.0 * jnp.dot(q, mem.T, precision=jax.lax.Precision.HIGHEST)
+          + jnp.sum(mem * mem, 1)[None, :])
+    d2 = jnp.maximum(jnp.min(d2, axis=1), 0.0)  # (the expansion can cancel below 0)
+    return jnp.mean(d2.reshape(n, h * w), axis=1)
 
 
 def init(spec: StepSpec, keys, x):
@@ -103,21 +126,21 @@ def init(spec: StepSpec, keys, x):
     return jax.vmap(one)(keys, x)
 
 
-def train_steps(spec: StepSpec, params, opt_state, x, fnet_vars, center):
+def train_steps(spec: StepSpec, params, opt_state, x, fnet_vars, target):
     """spec.steps_per_call optimizer steps of every image's own fit."""
     tx = _tx(spec)
     for _ in range(spec.steps_per_call):
         # d(sum_j L_j)/d params_i = dL_i/d params_i, and the cotangent of a sum is 1 whatever the
         # values: a NaN loss cannot reach another image
-        grads = jax.grad(lambda p: jnp.sum(losses(spec, p, x, fnet_vars, center)[0]))(params)
+        grads = jax.grad(lambda p: jnp.sum(losses(spec, p, x, fnet_vars, target)[0]))(params)
         updates, opt_state = jax.vmap(tx.update)(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
     return params, opt_state
 
 
-def evaluate(spec: StepSpec, params, x, fnet_vars, center):
+def evaluate(spec: StepSpec, params, x, fnet_vars, target):
     """(recon, L_R, L_C) of the current parameters."""
-    return losses(spec, params, x, fnet_vars, center)[1]
+    return losses(spec, params, x, fnet_vars, target)[1]
 
 
 @functools.lru_cache(maxsize=64)

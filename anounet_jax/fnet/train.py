@@ -31,14 +31,20 @@ class Classifier(nn.Module):
     backbone: nn.Module
     num_classes: int
     alpha_l2: float | None  # None: plain logits (DOC); a float: L2-constrained softmax
+    seg_layer: str | None = None  # a map ("stride8") that also gets a 1x1 flaw-localization head
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        f = self.backbone(x, train=train)
+        seg = None
+        if self.seg_layer is None:
+            f = self.backbone(x, train=train)
+        else:
+            f, maps = self.backbone(x, train=train, return_maps=True)
+            seg = nn.Conv(1, (1, 1), name="seg_head")(maps[self.seg_layer].astype(jnp.float32))[..., 0]
         z = f
         if self.alpha_l2 is not None:
             z = self.alpha_l2 * f * jax.lax.rsqrt(jnp.sum(f * f, -1, keepdims=True) + 1e-12)
-        return f, nn.Dense(self.num_classes, name="head")(z)
+        return f, nn.Dense(self.num_classes, name="head")(z), seg
 
 
 def augment(key, x):
@@ -63,6 +69,44 @@ class TrainedFNet:
     center: np.ndarray  # C, float32 (D,)
     train_features: np.ndarray | None  # f(normal training images), (N, D); None when restored
     history: list[float]  # mean training loss per epoch ([] when restored)
+    feature_scale: float | None = None  # mean L_C of the normal training images (FitConfig.lc_scale)
+    patch_memory: object = None  # fnet.patch_memory.PatchMemory (FNetConfig.patch_memory > 0), or None
+
+
+def feature_scale(features: np.ndarray, center: np.ndarray) -> float:
+    """The typical L_C of a normal image: the mean over images of mean|f - C| (L_C's unit when
+    FitConfig.lc_scale is "normal")."""
+    scale = float(np.mean(np.abs(np.asarray(features, np.float32) - center)))
+    if not np.isfinite(scale) or scale <= 0.0:
+        raise AnoUnetError(f"the normal training features all equal C (mean |f - C| = {scale}): "
+                           f"L_C has no unit; is the f-Net's output constant?")
+    return scale
+
+
+def recompute_batch_stats(module: nn.Module, variables, images: np.ndarray, batch_size: int, seed: int = 0):
+    """BatchNorm statistics that match the trained weights: the mean over batches of `images` of each
+    BN layer's batch mean and variance, taken in train mode (each layer normalized by its batch's
+    statistics, as during training). `module` must have a `bn_momentum` field (MobileNetV2,
+    SmallCNN); with momentum 0 one train-mode call stores exactly the batch's statistics."""
+    if "batch_stats" not in variables:
+        return variables
+    probe = module.clone(bn_momentum=0.0)
+
+    @jax.jit
+    def batch_stats(x):
+        _, updates = probe.apply(variables, x, train=True, mutable=["batch_stats"])
+        return updates["batch_stats"]
+
+    n = len(images)
+    bs = max(2, min(int(batch_size), n))
+    order = np.random.default_rng(seed).permutation(n)
+    total, count = None, 0
+    for s in range(0, n - bs + 1, bs):  # full batches only: one shape, and batch statistics as in training
+        stats = batch_stats(jnp.asarray(images[order[s:s + bs]]))
+        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+        count += 1
+    mean = jax.tree.map(lambda t: np.asarray(t / count, np.float32), total)
+    return {**variables, "batch_stats": mean}
 
 
 def train_fnet(cfg, normal: ImageSet, reference: ImageSet, seed: int = 0, progress: bool = True,
@@ -78,13 +122,27 @@ def train_fnet(cfg, normal: ImageSet, reference: ImageSet, seed: int = 0, progre
                            f"(got {len(normal)} normal, {len(reference)} reference)")
     ref_labels = np.zeros(len(reference), np.int32) if reference.labels is None else reference.labels
     ref_labels = np.asarray(ref_labels, np.int32)
+    n_ref = len(reference)
+    flaw_masks = None
+    if cfg.synthetic_flaws:  # "normal with a flaw" becomes the next reference class
+        from anounet_jax.fnet.irregularities import flawed_copies
+
+        flawed, flaw_masks = flawed_copies(normal.images, seed)
+        reference = ImageSet(np.concatenate([reference.images, flawed]))
+        ref_labels = np.concatenate([ref_labels, np.full(len(flawed), ref_labels.max() + 1, np.int32)])
     backbone = build_fnet_module(cfg)
     doc = cfg.method == "doc"
     if cfg.method not in ("l2softmax", "doc"):
         raise AnoUnetError(f"unknown f-Net method {cfg.method!r}; use 'l2softmax' or 'doc'")
+    if cfg.bn_stats not in ("moving", "recompute"):
+        raise AnoUnetError(f"unknown fnet.bn_stats {cfg.bn_stats!r}; use 'moving' or 'recompute'")
     # L2-softmax: normal is class 0, references 1..K. DOC: the head classifies references only.
     num_classes = int(ref_labels.max()) + (1 if doc else 2)
-    model = Classifier(backbone, num_classes, None if doc else cfg.alpha_l2)
+    # with synthetic flaws, the f-Net's local features also learn WHERE a flaw is (DRAEM-style): a 1x1
+    # head on the stride-8 map predicts the flaw mask of flawed copies and "nothing" on normal images,
+    # so the patch features the spatial term compares (fnet/patch_memory.py) separate flaws locally
+    seg_layer = "stride8" if cfg.synthetic_flaws else None
+    model = Classifier(backbone, num_classes, None if doc else cfg.alpha_l2, seg_layer)
 
     # rbg keys: XLA:CPU compiles every threefry draw slowly (seconds each), and nothing here is vmapped
     # over keys (where rbg would not be batch-invariant).
@@ -98,12 +156,20 @@ def train_fnet(cfg, normal: ImageSet, reference: ImageSet, seed: int = 0, progre
     tx = optax.amsgrad(cfg.lr)
     opt_state = tx.init(params)
 
-    def loss_fn(params, batch_stats, x, y, is_normal):
-        (f, logits), updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
-                                           train=True, mutable=["batch_stats"])
+    def seg_loss(seg, mask, seg_w):
+        """Per-cell binary cross-entropy against the flaw mask averaged onto the map's grid, on the
+        normal and flawed images (seg_w 1; the reference images are not "normal texture")."""
+        target = jax.image.resize(mask, (mask.shape[0], *seg.shape[1:]), "linear", antialias=True)
+        bce = jnp.mean(optax.sigmoid_binary_cross_entropy(seg, jnp.clip(target, 0.0, 1.0)), (1, 2))
+        return jnp.sum(bce * seg_w) / jnp.maximum(jnp.sum(seg_w), 1.0)
+
+    def loss_fn(params, batch_stats, x, y, is_normal, mask, seg_w):
+        (f, logits, seg), updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
+                                                train=True, mutable=["batch_stats"])
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        extra = 0.0 if seg is None else seg_loss(seg, mask, seg_w)
         if not doc:
-            return jnp.mean(ce), updates["batch_stats"]
+            return jnp.mean(ce) + extra, updates["batch_stats"]
         # DOC: descriptiveness on the reference rows, compactness on the normal rows of the batch.
         ref = 1.0 - is_normal
         desc = jnp.sum(ce * ref) / jnp.maximum(jnp.sum(ref), 1.0)
@@ -114,27 +180,45 @@ def train_fnet(cfg, normal: ImageSet, reference: ImageSet, seed: int = 0, progre
         others = (jnp.sum(f * is_normal[:, None], 0, keepdims=True) - f) / (n - 1)
         comp = jnp.sum(jnp.sum(jnp.square(f - others), -1) * is_normal) / n / f.shape[-1]
         comp = jnp.where(n_normal >= 2, comp, 0.0)
-        return desc + cfg.doc_lambda * comp, updates["batch_stats"]
+        return desc + cfg.doc_lambda * comp + extra, updates["batch_stats"]
 
     @jax.jit
-    def train_step(state, key, x, y, is_normal):
+    def train_step(state, key, x, y, is_normal, mask, seg_w):
         params, batch_stats, opt_state = state
-        if cfg.augment:
+        if cfg.augment and seg_layer is not None:  # the flaw mask turns with its image
+            xm = augment(key, jnp.concatenate([x, mask[..., None]], -1))
+            x, mask = xm[..., :3], xm[..., 3]
+        elif cfg.augment:
             x = augment(key, x)
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch_stats, x, y, is_normal)
+            params, batch_stats, x, y, is_normal, mask, seg_w)
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
     images = np.concatenate([normal.images, reference.images])
     is_normal = np.concatenate([np.ones(len(normal)), np.zeros(len(reference))]).astype(np.float32)
     labels = np.concatenate([np.zeros(len(normal), np.int32), ref_labels + (0 if doc else 1)])
+    if flaw_masks is not None:  # normal: no flaw anywhere; flawed copies: their masks; references: unused
+        masks = np.zeros(images.shape[:3], np.float32)
+        masks[len(normal) + n_ref:] = flaw_masks
+        seg_w = np.concatenate([np.ones(len(normal)), np.zeros(n_ref), np.ones(len(flaw_masks))]).astype(np.float32)
+    else:  # (placeholders: one shape for the step, nothing stored per pixel)
+        masks, seg_w = np.zeros((len(images), 1, 1), np.float32), np.zeros(len(images), np.float32)
     (params, batch_stats, _), history = run_epochs(
-        train_step, (params, batch_stats, opt_state), (images, labels, is_normal), batch_size=cfg.batch_size,
+        train_step, (params, batch_stats, opt_state), (images, labels, is_normal, masks, seg_w),
+        batch_size=cfg.batch_size,
         epochs=cfg.epochs, seed=seed, desc="f-Net", progress=progress, key=key)
     backbone_vars = {"params": params["backbone"]}
     if batch_stats:
         backbone_vars["batch_stats"] = batch_stats["backbone"]
+    if cfg.bn_stats == "recompute":
+        backbone_vars = recompute_batch_stats(backbone, backbone_vars, images, cfg.batch_size, seed)
     fnet = FrozenFNet.from_module(backbone, backbone_vars)
     feats = fnet.features(normal.images)
-    return TrainedFNet(fnet, compute_center(feats), feats, history)
+    center = compute_center(feats)
+    memory = None
+    if cfg.patch_memory > 0:
+        from anounet_jax.fnet.patch_memory import build_patch_memory
+
+        memory = build_patch_memory(fnet, cfg, normal.images, seed, coreset_fraction=cfg.patch_memory)
+    return TrainedFNet(fnet, center, feats, history, feature_scale(feats, center), memory)

@@ -14,7 +14,7 @@ from anounet_jax.data.sources import load_labelled
 from anounet_jax.engine.fit import Engine
 from anounet_jax.fnet.train import train_fnet
 from anounet_jax.jobs.common import check_seed, prepare_out_dir
-from anounet_jax.maps import smooth, write_panels
+from anounet_jax.maps import map_score, smooth, write_panels
 from anounet_jax.metrics import map_metrics
 
 
@@ -33,11 +33,11 @@ def run_demo(preset: Preset, out_dir, seed: int = 0, progress: bool = True, log=
     t1 = time.perf_counter()
     trained = train_fnet(preset.fnet, train, reference, seed=seed, progress=progress)
     t2 = time.perf_counter()
-    engine = Engine.from_preset(preset, trained.fnet, trained.center)
+    engine = Engine.for_trained(preset, trained)
     result = engine.fit(test.images, seed=seed, progress=progress)
     t3 = time.perf_counter()
     maps = smooth(result.heatmap, preset.maps.smoothing_sigma)
-    metrics = map_metrics(maps, maps.reshape(len(maps), -1).max(1), test.labels, test.masks)
+    metrics = map_metrics(maps, map_score(maps, preset.maps.image_score), test.labels, test.masks)
     write_panels(out_dir, test.images, test.ids, {"heatmap": maps}, masks=test.masks, recon=result.recon)
     metrics.update(
         preset=preset.name, formulation=engine.formulation, diverged=int(result.diverged.sum()),

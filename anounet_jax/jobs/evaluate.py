@@ -16,8 +16,8 @@ The protocol, the same for every method:
              feature memory); C is the mean f-Net feature of the normal images.
   maps       every method (anounet_jax.methods) gives a raw map per test image; the harness smooths all
              of them with one Gaussian sigma (`smoothing`, default the preset's maps.smoothing_sigma).
-  image      "image_auroc": each method's own image score. Ano-Unet: the max of its smoothed map (as
-             the demo). Autoencoder, DOC decoder: the sum of the raw map. AnoGAN: the
+  image      "image_auroc": each method's own image score. Ano-Unet: the preset's map score of its
+             smoothed map (maps.image_score: "max" or "top1", the mean of the top 1%; as the demo). Autoencoder, DOC decoder: the sum of the raw map. AnoGAN: the
              latent-search loss L(z*) (`BaselineResult.score`). Feature memory: the largest patch
              distance. "by_kind": the metrics per defect kind (that kind's images against the good). "image_auroc_map_max": the max of the
              smoothed map for every method, so the methods are comparable on one score (for Ano-Unet
@@ -128,7 +128,7 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
     from anounet_jax.fnet.train import train_fnet
     from anounet_jax.jobs.common import check_seed, prepare_out_dir
     from anounet_jax.jobs.evaluate_report import plot_curves, write_evaluation_record, write_single_report
-    from anounet_jax.maps import smooth, write_panels
+    from anounet_jax.maps import map_score, smooth, write_panels
     from anounet_jax.metrics import map_metrics
 
     t_start = time.perf_counter()
@@ -183,7 +183,7 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
         raw = _finite_or_inf(out.heatmap)
         diverged = np.asarray(out.diverged) | ~np.isfinite(raw).reshape(len(raw), -1).all(1)
         maps = smooth(raw, sigma)
-        score = maps.reshape(len(maps), -1).max(1) if out.score is None else _finite_or_inf(out.score)
+        score = map_score(maps, preset.maps.image_score) if out.score is None else _finite_or_inf(out.score)
         m = map_metrics(maps, score, test.labels, test.masks)
         m["by_kind"] = _by_kind(maps, score, test)
         parts = {"fnet": round(seconds["fnet"], 1)} if method.needs_fnet else {}

@@ -30,6 +30,7 @@ whose fit diverged are counted (``diverged``) and left out of the map-based metr
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -146,6 +147,7 @@ def run_experiment(preset: Preset, train: ImageSet, reference: ImageSet | None, 
     on the features of ``train``.
     """
     from anounet_jax.engine.fit import Engine
+    from anounet_jax.fnet.train import feature_scale
     from anounet_jax.fnet.scores import DistanceScorer, LOFScorer
     from anounet_jax.jobs.common import check_seed, prepare_out_dir
     from anounet_jax.maps import smooth, write_panels
@@ -172,6 +174,8 @@ def run_experiment(preset: Preset, train: ImageSet, reference: ImageSet | None, 
         log("f-Net: given (not trained here)")
         train_feats = trained_fnet.fnet.features(train.images)
     fnet, center = trained_fnet.fnet, np.asarray(trained_fnet.center, np.float32)
+    if trained_fnet.feature_scale is None:  # (an f-Net given from elsewhere)
+        trained_fnet = dataclasses.replace(trained_fnet, feature_scale=feature_scale(train_feats, center))
     t1 = time.perf_counter()
 
     test_feats = fnet.features(test.images)
@@ -185,14 +189,14 @@ def run_experiment(preset: Preset, train: ImageSet, reference: ImageSet | None, 
         f"{fit.steps} steps, {fit.optimizer} lr {fit.lr:g}")
     if formulation is not None:  # the caller's choice over the preset's engine section
         preset = preset.replace(engine={"formulation": formulation})
-    engine = Engine.from_preset(preset, fnet, center)
+    engine = Engine.for_trained(preset, trained_fnet)
     result = engine.fit(test.images, seed=seed, progress=progress)
     t2 = time.perf_counter()
 
     ok = ~result.diverged
     maps = smooth(result.heatmap, preset.maps.smoothing_sigma)
     heat_scores = maps.reshape(len(maps), -1).max(1)
-    fit_loss = result.loss_r + fit.beta * result.loss_c
+    fit_loss = result.loss_r + fit.beta * result.loss_c / engine.feature_scale
     n_div = int(result.diverged.sum())
     if n_div:
         log(f"warning: {n_div} fits diverged; they are left out of the map-based metrics")

@@ -53,6 +53,7 @@ def train_fnet_checkpoint(data, out, *, preset="small", method: str | None = Non
         sc.fit(trained.train_features, center=trained.center)
     else:
         sc.fit(trained.train_features)
-    digest = save_checkpoint(out, p, trained.fnet, trained.center, sc, overwrite=overwrite)
+    digest = save_checkpoint(out, p, trained.fnet, trained.center, sc, overwrite=overwrite,
+                             feature_scale=trained.feature_scale, patch_memory=trained.patch_memory)
     return {"fingerprint": digest, "threshold": sc.threshold, "normal": len(normal),
             "reference": len(reference), "path": str(out)}

@@ -302,6 +302,7 @@ class MobileNetV2(nn.Module):
     param_dtype: Any = jnp.float32
     depthwise_impl: str = "auto"
     pointwise_impl: str = "auto"
+    bn_momentum: float = BN_MOMENTUM  # 0.0: train mode stores the batch's own statistics (fnet.train)
 
     @property
     def num_features(self) -> int:
@@ -337,7 +338,7 @@ class MobileNetV2(nn.Module):
         def bn(h, name):
             return nn.BatchNorm(
                 use_running_average=not train,
-                momentum=BN_MOMENTUM,
+                momentum=self.bn_momentum,
                 epsilon=BN_EPSILON,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,

@@ -17,6 +17,7 @@ class SmallCNN(nn.Module):
 
     width: int = 16
     features: int = 64
+    bn_momentum: float = 0.99  # 0.0: train mode stores the batch's own statistics (fnet.train)
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_maps: bool = False):
@@ -24,7 +25,7 @@ class SmallCNN(nn.Module):
         maps = {}
         for i, mult in enumerate((1, 2, 4)):
             x = nn.Conv(self.width * mult, (3, 3), strides=(2, 2), use_bias=False, name=f"conv{i}")(x)
-            x = nn.BatchNorm(use_running_average=not train, epsilon=1e-3, momentum=0.99, name=f"bn{i}")(x)
+            x = nn.BatchNorm(use_running_average=not train, epsilon=1e-3, momentum=self.bn_momentum, name=f"bn{i}")(x)
             x = nn.relu(x)
             maps[f"stride{2 ** (i + 1)}"] = x
         out = nn.Dense(self.features, name="proj")(jnp.mean(x, (1, 2)))
