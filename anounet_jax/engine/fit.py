@@ -90,6 +90,8 @@ class Engine:
 
     unet_cfg, fit_cfg: UNetConfig, FitConfig. fnet: the frozen feature network. center: C, (D,).
     feature_scale: L_C's unit (L_C is divided by it; `TrainedFNet.feature_scale` for lc_scale "normal").
+    patch_memory: the f-Net's memory of normal patch features (fit.spatial_beta > 0). start_params:
+    U-Net parameters every fit starts from (a warm start, engine/warm_start.py); None: random.
     formulation: "auto", "measure" (time the backend's candidates on the first chunk's shape) or one of
     FORMULATIONS. chunk_size: images fitted at once, used as given; None: `default_chunk`, lowered
     where one chunk's step would take more than half the device's free memory (XLA's memory analysis,
@@ -100,7 +102,8 @@ class Engine:
 
     def __init__(self, unet_cfg, fit_cfg, fnet: FrozenFNet, center, *, formulation: str = "auto",
                  chunk_size: int | None = None, default_chunk: int = 8, steps_per_call: int = 1,
-                 devices=None, compute_dtype=jnp.float32, feature_scale: float = 1.0, patch_memory=None):
+                 devices=None, compute_dtype=jnp.float32, feature_scale: float = 1.0, patch_memory=None,
+                 start_params=None):
         self.unet_cfg, self.fit_cfg = unet_cfg, fit_cfg
         self.fnet = fnet
         self.center = jnp.asarray(center, jnp.float32)
@@ -110,6 +113,7 @@ class Engine:
         # L_C's weight and target, run-time arguments of the compiled step (engine/steps.py)
         self.target = {"center": self.center, "weight": jnp.float32(fit_cfg.beta / self.feature_scale)}
         self.patch_memory = patch_memory
+        self.start_params = start_params  # a warm start for every fit (engine/warm_start.py); None: cold
         if getattr(fit_cfg, "spatial_beta", 0.0) > 0:
             if patch_memory is None:
                 raise AnoUnetError("fit.spatial_beta > 0 needs the f-Net's memory of normal patch features: "
@@ -206,8 +210,14 @@ class Engine:
         if self._placed is None:
             self._placed = (jax.device_put(self.fnet.variables, fns["replicated"]),
                             jax.device_put(self.target, fns["replicated"]))
+            if self.start_params is not None:
+                self._start = jax.device_put(self.start_params, fns["replicated"])
         x = jax.device_put(images, fns["images"])
-        params, opt_state = fns["init"](jax.device_put(keys, fns["images"]), x)
+        keys = jax.device_put(keys, fns["images"])
+        if self.start_params is None:
+            params, opt_state = fns["init"](keys, x)
+        else:
+            params, opt_state = fns["init_from"](keys, x, self._start)
         for _ in range(self.fit_cfg.steps // self.steps_per_call):
             params, opt_state = fns["steps"](params, opt_state, x, *self._placed)
         return fns["evaluate"](params, x, *self._placed)

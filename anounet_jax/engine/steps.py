@@ -126,6 +126,13 @@ def init(spec: StepSpec, keys, x):
     return jax.vmap(one)(keys, x)
 
 
+def init_from(spec: StepSpec, keys, x, start):
+    """Every image starts from the same `start` parameters (a warm start, engine/warm_start.py), each
+    with its own copy and a fresh optimizer state."""
+    tx = _tx(spec)
+    return jax.vmap(lambda key, xi: (start, tx.init(start)))(keys, x)
+
+
 def train_steps(spec: StepSpec, params, opt_state, x, fnet_vars, target):
     """spec.steps_per_call optimizer steps of every image's own fit."""
     tx = _tx(spec)
@@ -155,6 +162,7 @@ def programs(spec: StepSpec, mesh: Mesh) -> dict:
 
     return dict(
         init=jax.jit(per_device(init, (img, img), (img, img))),
+        init_from=jax.jit(per_device(init_from, (img, img, rep), (img, img))),
         steps=jax.jit(per_device(train_steps, (img, img, img, rep, rep), (img, img)), donate_argnums=(0, 1)),
         evaluate=jax.jit(per_device(evaluate, (img, img, rep, rep), (img, img, img))),
         images=NamedSharding(mesh, img), replicated=NamedSharding(mesh, rep),

@@ -1,0 +1,92 @@
+"""Quality against steps per image: cold-started fits against fits warm-started from one U-Net trained
+on the normal images (anounet_jax/engine/warm_start.py). Issue 17.
+
+    python benchmarks/warm_start.py [--data embedded,synthetic:speckle,synthetic:cells] [--preset small]
+                                    [--steps 5,10,20,40,60] [--start-steps 300] [--out runs/warm_start]
+
+Per data set: one f-Net (as `anounet evaluate` trains it), one warm start (its training time is
+reported), then for every K in --steps the same test images fitted K steps from a random start and
+from the warm start; pixel AUROC, AUPRO and image AUROC (the preset's map score) of the smoothed maps.
+Writes OUT/results.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="embedded,synthetic:speckle,synthetic:cells")
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--steps", default="5,10,20,40,60")
+    ap.add_argument("--start-steps", type=int, default=300)
+    ap.add_argument("--start-lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/warm_start")
+    args = ap.parse_args(argv)
+    from anounet_jax.engine.devices import enable_compilation_cache, split_cpu_into_devices
+
+    split_cpu_into_devices()
+    enable_compilation_cache()
+    from anounet_jax.config import get_preset
+    from anounet_jax.data.embedded import load_reference
+    from anounet_jax.data.sources import load_labelled
+    from anounet_jax.engine.fit import Engine
+    from anounet_jax.engine.warm_start import train_start
+    from anounet_jax.fnet.train import train_fnet
+    from anounet_jax.maps import map_score, smooth
+    from anounet_jax.metrics import map_metrics
+
+    preset = get_preset(args.preset)
+    ks = [int(k) for k in args.steps.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    for source in [s.strip() for s in args.data.split(",") if s.strip()]:
+        if source in results:
+            continue
+        ds = load_labelled(source, preset, args.seed)
+        reference = load_reference(ds.category, preset.image_size, preset.data.n_reference_per_class, args.seed)
+        trained = train_fnet(preset.fnet, ds.train, reference, seed=args.seed, progress=False)
+        t0 = time.perf_counter()
+        start = train_start(preset, trained, ds.train.images, steps=args.start_steps, lr=args.start_lr,
+                            seed=args.seed)
+        entry = {"start_seconds": round(time.perf_counter() - t0, 1), "cold": {}, "warm": {}}
+        for k in ks:
+            p = preset.replace(fit={"steps": k})
+            for name, kw in (("cold", {}), ("warm", {"start_params": start})):
+                t0 = time.perf_counter()
+                res = Engine.for_trained(p, trained, **kw).fit(ds.test.images, seed=args.seed)
+                maps = smooth(res.heatmap, p.maps.smoothing_sigma)
+                m = map_metrics(maps, map_score(maps, p.maps.image_score), ds.test.labels, ds.test.masks)
+                entry[name][k] = {"pixel_auroc": m["pixel_auroc"], "aupro": m["aupro"],
+                                  "image_auroc": m["image_auroc"], "seconds": round(time.perf_counter() - t0, 1)}
+                print(f"{source} {name} K={k}: pixel {m['pixel_auroc']:.3f} AUPRO {m['aupro']:.3f} image "
+                      f"{m['image_auroc']:.3f}", file=sys.stderr, flush=True)
+        results[source] = entry
+        path.write_text(json.dumps(results, indent=1))
+    lines = [f"pixel AUROC / AUPRO / image AUROC, preset {preset.name} (warm start: {args.start_steps} steps)", "",
+             "| data | start | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+    for source, e in results.items():
+        for name in ("cold", "warm"):
+            cells = [e[name].get(str(k)) or e[name].get(k) for k in ks]
+            lines.append(f"| {source} | {name} | " + " | ".join(
+                "n/a" if c is None else f"{c['pixel_auroc']:.3f} / {c['aupro']:.3f} / {c['image_auroc']:.3f}"
+                for c in cells) + " |")
+        lines.append(f"| {source} | start training | {e['start_seconds']} s |" + " |" * (len(ks) - 1))
+    text = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
