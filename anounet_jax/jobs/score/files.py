@@ -29,16 +29,34 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise AnoUnetError(f"cannot write output file ({type(e).__name__}: {e})", path) from None
 
 
-def npz_bytes(**arrays) -> bytes:
-    """An .npz (np.load reads it) whose bytes depend only on the arrays: fixed zip timestamps."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+def _write_npz(f, arrays: dict) -> None:
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, a in arrays.items():
             info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(info, "w") as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(a), allow_pickle=False)
+            with zf.open(info, "w", force_zip64=a.nbytes > 2 ** 30) as out:
+                np.lib.format.write_array(out, np.ascontiguousarray(a), allow_pickle=False)
+
+
+def npz_bytes(**arrays) -> bytes:
+    """An .npz (np.load reads it) whose bytes depend only on the arrays: fixed zip timestamps."""
+    buf = io.BytesIO()
+    _write_npz(buf, arrays)
     return buf.getvalue()
+
+
+def atomic_write_npz(path: Path, **arrays) -> None:
+    """`atomic_write(path, npz_bytes(**arrays))` without holding the compressed file in memory (large
+    native-size maps): the zip is written straight into `<path>.tmp`, then renamed."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            _write_npz(f, arrays)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise AnoUnetError(f"cannot write output file ({type(e).__name__}: {e})", path) from None
 
 
 def png_bytes(rgb_uint8: np.ndarray) -> bytes:

@@ -59,7 +59,7 @@ import numpy as np
 
 from anounet_jax.data.tiling import tile_offsets
 from anounet_jax.errors import AnoUnetError
-from anounet_jax.jobs.score.files import atomic_write, npz_bytes, png_bytes
+from anounet_jax.jobs.score.files import atomic_write, atomic_write_npz, npz_bytes, png_bytes
 from anounet_jax.jobs.score.model import (STATUS_NOT_VISUALIZED, STATUS_OK, ScoringModel, check_visualize,
                                           ids_digest, is_diverged, is_failure, open_score_source)
 
@@ -69,7 +69,7 @@ PARTS = "parts"
 CSV_FIELDS = ("file", "score", "flagged", "L_R", "L_C", "status")
 DEFAULT_CHUNK = 32
 THUMB = 256  # longest side of a report thumbnail
-OVERLAY_BAND = 256  # rows of an overlay coloured at once (matplotlib's RGBA floats stay small)
+OVERLAY_BAND = 64  # rows of an overlay coloured at once (matplotlib's RGBA floats stay small)
 
 
 def map_path(file_id: str) -> str:
@@ -429,9 +429,9 @@ def _fit_tiled(out: Path, model: ScoringModel, ids, natives, offsets, chunk, out
             if thumb is not None:
                 atomic_write(out / thumb_path(fid), png_bytes(thumb))
             del rgb, thumb
-            atomic_write(out / map_path(fid), npz_bytes(
-                heatmap=m.heatmap.astype(np.float16), recon=m.recon.astype(np.float16),
-                losses=np.array([m.loss_r, m.loss_c], np.float32), status=np.array([m.status])))
+            atomic_write_npz(out / map_path(fid), heatmap=m.heatmap.astype(np.float16),
+                             recon=m.recon.astype(np.float16),
+                             losses=np.array([m.loss_r, m.loss_c], np.float32), status=np.array([m.status]))
         fits[j] = (m.loss_r, m.loss_c, m.status)
     return fits
 

@@ -175,7 +175,7 @@ class ScoringModel:
         if self._engine is None:
             from anounet_jax.engine.fit import Engine
 
-            self._engine = Engine.for_trained(self.preset, self.checkpoint.trained)
+            self._engine = Engine.from_preset(self.preset, self.fnet, self.checkpoint.center)
         return self._engine
 
     def score(self, images: np.ndarray, visualize: str) -> ChunkOutcome:
@@ -239,7 +239,9 @@ class ScoringModel:
                 yield idx, res
 
         for s in fit_tiled(fits, None, chunk, stream=stream):
-            yield self._finish_tiled(s)
+            maps = self._finish_tiled(s)
+            s.heatmap = s.recon = None  # the unsmoothed map is not kept while the caller writes
+            yield maps
 
     def _finish_tiled(self, s) -> TiledMaps:
         native = s.item.payload
