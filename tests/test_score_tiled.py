@@ -203,6 +203,22 @@ def test_other_tiling_on_resume_is_refused(tmp_path, ckpt, folder, capsys):
     assert "preset.tiles: was" in err and "'stride': 8" in err
 
 
+def test_a_job_written_before_tiling_resumes_only_with_resize(tmp_path, ckpt, folder, capsys):
+    import json
+
+    out = tmp_path / "out"
+    assert cli.main(_args(folder, ckpt, out, "--visualize", "none", "--resize", "--chunk-size", "4")) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["settings"]["preset"]["tiles"]  # as the job wrote it before tiling existed
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "parts" / "part-000001.json").unlink()
+    capsys.readouterr()
+    assert cli.main(_args(folder, ckpt, out, "--visualize", "none", "--chunk-size", "4")) == 2
+    assert "preset.tiles: was {'tile': 0, 'stride': 0, 'scale': 1.0, 'resize': True}" in capsys.readouterr().err
+    assert cli.main(_args(folder, ckpt, out, "--visualize", "none", "--resize", "--chunk-size", "4")) == 0
+    assert len(read_scores_csv(out / "scores.csv")) == len(SIZES)
+
+
 def test_python_api_takes_arrays_of_any_size(ckpt, folder, reference):
     import anounet_jax
     from anounet_jax.data.io import load_image
