@@ -175,7 +175,7 @@ class ScoringModel:
         if self._engine is None:
             from anounet_jax.engine.fit import Engine
 
-            self._engine = Engine.from_preset(self.preset, self.fnet, self.checkpoint.center)
+            self._engine = Engine.for_trained(self.preset, self.checkpoint.trained)
         return self._engine
 
     def score(self, images: np.ndarray, visualize: str) -> ChunkOutcome:
