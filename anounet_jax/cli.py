@@ -103,7 +103,10 @@ def cmd_evaluate(args) -> int:
     from anounet_jax.methods import parse_methods
 
     methods = parse_methods(args.methods)
+    args.overrides = list(args.overrides) + _tile_overrides(args)
     preset = _resolved(args)
+    if args.native and not preset.tiles.tile:  # tiling at the preset's size: a tile makes it the preset's
+        preset = preset.replace(tiles={"tile": preset.image_size})
     categories = find_categories(args.data)  # None: one data set; a folder holding no category: an error
     if categories is not None:  # a whole benchmark: every argument checked before OUT is created
         from anounet_jax.engine.fit import check_formulation
@@ -143,6 +146,18 @@ def _tile_overrides(args) -> list[str]:
     out = [f"tiles.{k}={v}" for k, v in (("tile", args.tile), ("stride", args.stride), ("scale", args.scale))
            if v is not None]
     return out + (["tiles.resize=true"] if args.resize else [])
+
+
+def _tile_arguments(g) -> None:
+    g.add_argument("--tile", type=_positive, default=None, metavar="PIXELS",
+                   help="tile size (default: the preset's image size; a multiple of 2**unet.depth)")
+    g.add_argument("--stride", type=_positive, default=None, metavar="PIXELS",
+                   help="pixels between tile starts, at most the tile size (default: half the tile)")
+    g.add_argument("--scale", type=_positive_float, default=None, metavar="FACTOR",
+                   help="resize every image by FACTOR first, aspect ratio kept (e.g. 0.5: a quarter of the "
+                        "tiles; maps are resized back to the native size)")
+    g.add_argument("--resize", action="store_true",
+                   help="no tiling: resize every image to the preset's square size (maps at that size)")
 
 
 def _positive_float(text: str) -> float:
@@ -215,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated methods (default: %(default)s)")
     p.add_argument("--smoothing", type=float, default=None,
                    help="Gaussian sigma for every method's maps (default: the preset's maps.smoothing_sigma)")
+    g = p.add_argument_group("native resolution (default: every image resized to the preset's square size; "
+                             "README: Evaluating at native resolution)")
+    g.add_argument("--native", action="store_true",
+                   help="tiled evaluation at the images' native size: every method maps the same tiles, "
+                        "stitched alike; metrics against the native masks (implied by --tile/--stride/--scale)")
+    _tile_arguments(g)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train-fnet", help="train the f-Net on normal images, compute C and the image "
@@ -245,15 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recursive", action="store_true", help="also take images from subfolders")
     g = p.add_argument_group("native resolution (maps at each image's own size, one U-Net per tile; "
                              "README: Native resolution)")
-    g.add_argument("--tile", type=_positive, default=None, metavar="PIXELS",
-                   help="tile size (default: the preset's image size; a multiple of 2**unet.depth)")
-    g.add_argument("--stride", type=_positive, default=None, metavar="PIXELS",
-                   help="pixels between tile starts, at most the tile size (default: half the tile)")
-    g.add_argument("--scale", type=_positive_float, default=None, metavar="FACTOR",
-                   help="resize every image by FACTOR first, aspect ratio kept (e.g. 0.5: a quarter of the "
-                        "tiles; maps are resized back to the native size)")
-    g.add_argument("--resize", action="store_true",
-                   help="no tiling: resize every image to the preset's square size (maps at that size)")
+    _tile_arguments(g)
     g = p.add_argument_group("multi-host (every process runs the same command; OUT on a shared file system)")
     g.add_argument("--distributed", action="store_true",
                    help="join a multi-process job; without the options below, JAX reads the cluster's "

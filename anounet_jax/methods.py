@@ -9,6 +9,11 @@ smooths every method alike) and, where it has one, its own image score:
 
 Methods that need the f-Net (`needs_fnet`) get the job's one trained f-Net in `inputs.trained`: it is
 trained once and shared. To add a method: write a `run` function and `register(Method(...))` it.
+
+Tiled evaluation (jobs/evaluate.py) needs the two halves apart: `prepare(inputs)` trains once and
+returns `maps(images, first_index) -> MethodOutput` for any batch of tiles (first_index: the global
+index of the batch's first tile, Ano-Unet's PRNG key for it, so results do not depend on batching).
+Every registered method has both; `run(inputs)` is `prepare(inputs)(inputs.test_images, 0)` in effect.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class Method:
     run: Callable[[MethodInputs], MethodOutput]
     image_score: str  # what its own image score is, for the tables
     needs_fnet: bool = False
+    prepare: Callable[[MethodInputs], Callable] | None = None  # -> maps(images, first_index) (tiling)
 
 
 METHODS: dict[str, Method] = {}
@@ -130,9 +136,66 @@ def _feature_memory(inputs: MethodInputs) -> MethodOutput:
     return _from_baseline(model.score_maps(inputs.test_images))
 
 
+def _ano_unet_prepare(inputs: MethodInputs):
+    from anounet_jax.engine.fit import Engine, FitResult
+
+    engine = Engine.for_trained(inputs.preset, inputs.trained)
+
+    def maps(images, first_index: int = 0) -> MethodOutput:
+        idx = np.arange(first_index, first_index + len(images), dtype=np.int64)
+        res = FitResult.concatenate([r for _, r in engine.iter_fit([(idx, np.asarray(images, np.float32))],
+                                                                   inputs.seed)])
+        return MethodOutput(res.heatmap, None, res.diverged, {"engine_formulation": engine.formulation})
+
+    return maps
+
+
+def _baseline_prepare(train: Callable, **score_kw):
+    def prepare(inputs: MethodInputs):
+        model = train(inputs)
+
+        def maps(images, first_index: int = 0) -> MethodOutput:
+            kw = {k: (inputs.seed if v == "seed" else v) for k, v in score_kw.items()}
+            return _from_baseline(model.score_maps(images, **kw))
+
+        return maps
+
+    return prepare
+
+
+def _train_autoencoder(inputs):
+    from anounet_jax.baselines import autoencoder
+
+    return autoencoder.train(inputs.train, _configs(inputs).autoencoder, seed=inputs.seed, progress=inputs.progress)
+
+
+def _train_doc_decoder(inputs):
+    from anounet_jax.baselines import doc_decoder
+
+    return doc_decoder.train(inputs.train, inputs.trained.fnet, _configs(inputs).doc_decoder, seed=inputs.seed,
+                             progress=inputs.progress)
+
+
+def _train_anogan(inputs):
+    from anounet_jax.baselines import anogan
+
+    return anogan.train(inputs.train, _configs(inputs).anogan, seed=inputs.seed, progress=inputs.progress)
+
+
+def _train_feature_memory(inputs):
+    from anounet_jax.baselines import feature_memory
+
+    return feature_memory.train(inputs.train, inputs.trained.fnet, inputs.preset.fnet,
+                                _configs(inputs).feature_memory, seed=inputs.seed, progress=inputs.progress)
+
+
 register(Method("ano-unet", _ano_unet, "the preset's score of the smoothed map (maps.image_score)",
-                needs_fnet=True))
-register(Method("autoencoder", _autoencoder, "sum of the raw map"))
-register(Method("doc-decoder", _doc_decoder, "sum of the raw map", needs_fnet=True))
-register(Method("anogan", _anogan, "latent-search loss L(z*)"))
-register(Method("feature-memory", _feature_memory, "max nearest-neighbour patch distance", needs_fnet=True))
+                needs_fnet=True, prepare=_ano_unet_prepare))
+register(Method("autoencoder", _autoencoder, "sum of the raw map",
+                prepare=_baseline_prepare(_train_autoencoder)))
+register(Method("doc-decoder", _doc_decoder, "sum of the raw map", needs_fnet=True,
+                prepare=_baseline_prepare(_train_doc_decoder)))
+register(Method("anogan", _anogan, "latent-search loss L(z*)",
+                prepare=_baseline_prepare(_train_anogan, seed="seed", progress=False)))
+register(Method("feature-memory", _feature_memory, "max nearest-neighbour patch distance", needs_fnet=True,
+                prepare=_baseline_prepare(_train_feature_memory)))

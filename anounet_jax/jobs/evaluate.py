@@ -10,6 +10,17 @@ The protocol, the same for every method:
   data       DATA is a data source (data/sources.py): an MVTec AD category folder (train/good,
              test/<group>, ground_truth/<defect>), "embedded[:CATEGORY]" or "synthetic:FAMILY", read
              at the preset's image size.
+  tiling     off by default (every image resized to the preset's square size, as above). With
+             `native=True` / `anounet evaluate --native`, or when the preset's tiles section sets a
+             tile, stride or scale (`--tile`, `--stride`, `--scale`, `--set tiles.tile=64`): the test
+             images and masks are read at their native size (MVTec-style folders; "embedded" is
+             then crops of the 512-px photograph at its own scale with planted defects of 2-6 and
+             12-28 px, data/native.py); every method gets the same tiles (data/tiling.py grid) and the
+             same stitching (`stitch`), maps are smoothed at the tiled resolution and resized to the
+             native size if scaled (jobs/evaluate_tiled.py). Training (f-Net and every baseline) is
+             on up to data.n_train tiles of the normal images drawn from their grids, the reference
+             set at the tile size; C is the mean f-Net feature of the normal tiles. Test images
+             must share one size; a mask whose size differs from its image is an error naming it.
   training   from the normal training images only. The f-Net (Ano-Unet's L_C target and the DOC
              decoder's input) is trained once, on the normal images + the built-in reference images
              (`load_reference`), and shared by every method that needs it (Ano-Unet, DOC decoder,
@@ -19,14 +30,17 @@ The protocol, the same for every method:
   image      "image_auroc": each method's own image score. Ano-Unet: the preset's map score of its
              smoothed map (maps.image_score: "max" or "top1", the mean of the top 1%; as the demo). Autoencoder, DOC decoder: the sum of the raw map. AnoGAN: the
              latent-search loss L(z*) (`BaselineResult.score`). Feature memory: the largest patch
-             distance. "by_kind": the metrics per defect kind (that kind's images against the good). "image_auroc_map_max": the max of the
+             distance. Tiled: the stitched map's score for Ano-Unet (and every map score), the max over
+             the image's tiles for the methods with their own score. "by_kind": the metrics per defect kind (that kind's images against the good). "image_auroc_map_max": the max of the
              smoothed map for every method, so the methods are comparable on one score (for Ano-Unet
              the two are the same number).
-  pixel      "pixel_auroc" and "aupro" (FPR limit 0.3) of the smoothed maps against the masks.
+  pixel      "pixel_auroc" and "aupro" (FPR limit 0.3) of the smoothed maps against the masks (tiled:
+             at the native mask size).
   seconds    wall time the method needs on its own: its training and its maps, plus the shared f-Net
              training for the methods that use it ("seconds_parts" splits it).
   diverged   images whose raw map or score is not finite (a diverged fit); those values count as +inf
-             (most anomalous), so one bad image cannot abort the evaluation.
+             (most anomalous), so one bad image cannot abort the evaluation. Tiled: an image with any
+             diverged tile; the tile is left out of the stitching and pixels only it covered are +inf.
 
 Outputs in out_dir: metrics.json (one entry per method + "settings"; written last of the numbers, so
 its presence marks a finished evaluation), metrics.md (a Markdown table), panels/<id>.png (image | one
@@ -84,10 +98,16 @@ def markdown_table(metrics: dict) -> str:
     s = metrics.get("settings", {})
     lines = []
     if s:
-        lines.append(f"data: {s['data']} ({s['n_train']} normal training images; {s['n_test']} test images: "
-                     f"{s['n_test_good']} good, {s['n_test_defect']} defective; {s['image_size']}x"
-                     f"{s['image_size']}), preset {s['preset']}, smoothing sigma {s['smoothing_sigma']}, "
-                     f"seed {s['seed']}")
+        t = s.get("tiling")
+        if t:
+            size = (f"native {t['native_hw'][0]}x{t['native_hw'][1]}, {t['tiles_per_image']} tiles of "
+                    f"{t['tile']}x{t['tile']}, stride {t['stride']}, scale {t['scale']}; training on "
+                    f"{t['n_train_tiles']} tiles of {t['n_train_images']} normal images")
+        else:
+            size = f"{s['image_size']}x{s['image_size']}"
+        lines.append(f"data: {s['data']} ({s['n_train']} normal training {'tiles' if t else 'images'}; "
+                     f"{s['n_test']} test images: {s['n_test_good']} good, {s['n_test_defect']} defective; "
+                     f"{size}), preset {s['preset']}, smoothing sigma {s['smoothing_sigma']}, seed {s['seed']}")
         lines.append("")
     lines += ["| method | image AUROC | image AUROC (map max) | pixel AUROC | AUPRO | seconds | images |",
               "|---|---|---|---|---|---|---|"]
@@ -109,7 +129,8 @@ def markdown_table(metrics: dict) -> str:
 
 
 def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: int = 0,
-             progress: bool = True, *, smoothing: float | None = None, baselines=None, log=None) -> dict:
+             progress: bool = True, *, smoothing: float | None = None, baselines=None, log=None,
+             native: bool | None = None, maps_out: dict | None = None) -> dict:
     """Train and evaluate `methods` on `data` under one protocol (module docstring); write metrics.json,
     metrics.md and panels/ into out_dir and return the metrics dict.
 
@@ -117,7 +138,9 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
     Ano-Unet formulation). methods: a list or a comma-separated string of `anounet_jax.methods`
     names (None = all). smoothing: Gaussian sigma of the maps (None = preset.maps.smoothing_sigma).
     baselines: a `BaselineConfigs` (None = `baseline_config(preset.name)`). log: a print-like function
-    for progress lines (None = print when `progress`).
+    for progress lines (None = print when `progress`). native: tiled evaluation at the images' native
+    size (None: when the preset's tiles section sets a tile, stride or scale; see "tiling" above).
+    maps_out: a dict to receive {method: smoothed maps (N, H, W)} and "masks" (for tests, benchmarks).
 
     Raises AnoUnetError for an unknown method or preset, a bad sigma or seed, an unwritable out_dir, or
     a missing / malformed folder, before anything is trained.
@@ -145,22 +168,41 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
     check_formulation(preset.engine.formulation)
     baselines = baselines or baseline_config(preset.name)
 
+    from anounet_jax.jobs import evaluate_tiled as tiled
+
+    spec = tiled.tiling_for(preset, native)
     t0 = time.perf_counter()
-    ds = load_labelled(data, preset, seed)
-    train, test = ds.train, ds.test
-    if test.masks is None or test.labels is None:
-        raise AnoUnetError(f"test images of {ds.name} have no masks / labels")
+    tiling = None
+    if spec is None:
+        ds = load_labelled(data, preset, seed)
+        data_name, category, train, test = ds.name, ds.category, ds.train, ds.test
+        if test.masks is None or test.labels is None:
+            raise AnoUnetError(f"test images of {ds.name} have no masks / labels")
+        where = f"at {preset.image_size}x{preset.image_size}"
+    else:
+        data_name, category, native_train, native_test = tiled.load_native(data, preset, seed)
+        test = tiled.stacked(native_test)
+        train = tiled.train_tiles(native_train, spec, preset.data.n_train, seed)
+        h, w = test.images.shape[1:3]
+        per = spec.n_tiles(h, w)
+        tiling = {"tile": spec.tile, "stride": spec.stride, "scale": spec.scale, "native_hw": [h, w],
+                  "tiles_per_image": per, "n_train_images": len(native_train), "n_train_tiles": len(train)}
+        where = (f"at native {h}x{w}, {per} tiles of {spec.tile}x{spec.tile} (stride {spec.stride}"
+                 + (f", scale {spec.scale}" if spec.scale != 1.0 else "") + ") each; training on "
+                 f"{len(train)} tiles of {len(native_train)} normal images")
+        del native_test
     out_dir = prepare_out_dir(out_dir)
     n_defect = int(np.sum(test.labels == 1))
-    log(f"data: {ds.name}: {len(train)} normal training images, {len(test)} test images "
-        f"({len(test) - n_defect} good, {n_defect} defective) at {preset.image_size}x{preset.image_size}; "
+    log(f"data: {data_name}: {len(train)} normal training {'tiles' if spec else 'images'}, {len(test)} test images "
+        f"({len(test) - n_defect} good, {n_defect} defective) {where}; "
         f"preset {preset.name}, methods {','.join(methods)}, smoothing sigma {sigma}")
     seconds = {"data": time.perf_counter() - t0}
+    input_size = spec.tile if spec else preset.image_size
 
     trained, n_reference = None, 0
     if any(METHODS[m].needs_fnet for m in methods):
         t0 = time.perf_counter()
-        reference = load_reference(ds.category, preset.image_size, preset.data.n_reference_per_class, seed)
+        reference = load_reference(category, input_size, preset.data.n_reference_per_class, seed)
         n_reference = len(reference)
         log(f"f-Net ({preset.fnet.arch}, {preset.fnet.method}): {len(train)} normal + {n_reference} "
             f"reference images ({len(set(reference.labels.tolist()))} classes)")
@@ -177,13 +219,19 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
         method = METHODS[name]
         t0 = time.perf_counter()
         log(f"{name}: training and maps")
-        out = method.run(inputs)
+        if spec is None:
+            out = method.run(inputs)
+            info.update(out.info)
+            raw = _finite_or_inf(out.heatmap)
+            diverged = np.asarray(out.diverged) | ~np.isfinite(raw).reshape(len(raw), -1).all(1)
+            maps = smooth(raw, sigma)
+            score = map_score(maps, preset.maps.image_score) if out.score is None else _finite_or_inf(out.score)
+        else:
+            maps, score, diverged, out_info, _ = tiled.tiled_maps(method.prepare(inputs), test, spec, sigma,
+                                                                  preset.maps.image_score)
+            info.update(out_info)
+            score = _finite_or_inf(score)
         elapsed = time.perf_counter() - t0
-        info.update(out.info)
-        raw = _finite_or_inf(out.heatmap)
-        diverged = np.asarray(out.diverged) | ~np.isfinite(raw).reshape(len(raw), -1).all(1)
-        maps = smooth(raw, sigma)
-        score = map_score(maps, preset.maps.image_score) if out.score is None else _finite_or_inf(out.score)
         m = map_metrics(maps, score, test.labels, test.masks)
         m["by_kind"] = _by_kind(maps, score, test)
         parts = {"fnet": round(seconds["fnet"], 1)} if method.needs_fnet else {}
@@ -192,6 +240,8 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
                  image_score=method.image_score, diverged=int(diverged.sum()))
         results[name] = m
         smoothed[name] = maps
+        if maps_out is not None:
+            maps_out[name], maps_out["masks"] = maps, test.masks
         scores[name] = score
         log(f"{name}: image AUROC {_fmt(m['image_auroc'])} (map max {_fmt(m['image_auroc_map_max'])}), "
             f"pixel AUROC {_fmt(m['pixel_auroc'])}, AUPRO {_fmt(m['aupro'])}, {elapsed:.1f} s")
@@ -201,17 +251,18 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
     seconds["panels"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     curves = write_evaluation_record(out_dir, test.ids, test.labels, test.masks, smoothed, scores)
-    plot_curves(out_dir, curves, results, ds.category)
+    plot_curves(out_dir, curves, results, category)
     seconds["report"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
 
     import jax
 
     results["settings"] = {
-        "data": ds.name,
+        "data": data_name,
         "preset": preset.name,
         "methods": methods,
         "image_size": preset.image_size,
+        "tiling": tiling,
         "smoothing_sigma": sigma,
         "seed": seed,
         "n_train": len(train),

@@ -1,0 +1,151 @@
+"""Tiled evaluation: the pieces `evaluate` uses when the preset's tiling is on (see jobs/evaluate.py).
+
+Every method sees the same tiles and the same stitching: the test images are read at their native
+size, cut on one `TileSpec` grid (data/tiling.py), each method maps the tiles (`Method.prepare` in
+methods.py), and the tile maps are stitched back with `stitch` (same window, same grid), smoothed at
+the tiled resolution with the harness's one sigma and resized to the native size if `scale` != 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from anounet_jax.data.native import NativeSet
+from anounet_jax.data.tiling import TileSpec, cut, resize_image, resize_map, stitch
+from anounet_jax.data.types import ImageSet
+from anounet_jax.errors import AnoUnetError
+
+GROUP_TILES = 256  # tiles of consecutive test images mapped in one call (bounded memory, full chunks)
+
+
+def tiling_for(preset, native: bool | None) -> TileSpec | None:
+    """The TileSpec of a tiled evaluation, or None (every image resized to the preset's size).
+
+    native None: tiled when the preset's `tiles` section asks for a tile, stride or scale (e.g.
+    `--set tiles.tile=64`, `--tile 64`) and not `tiles.resize`; True: tiled (at the preset's image
+    size unless tiles.tile says otherwise); False: resized."""
+    from anounet_jax.jobs.score.model import resolve_tiles
+
+    t = preset.tiles
+    if native is None:
+        native = not t.resize and bool(t.tile or t.stride or t.scale != 1.0)
+    if not native:
+        return None
+    if t.resize:
+        raise AnoUnetError("tiled evaluation and tiles.resize (--resize) exclude each other")
+    return resolve_tiles(preset)
+
+
+def load_native(spec_data, preset, seed: int) -> tuple[str, str, NativeSet, NativeSet]:
+    """(name, category, train, test) at native size: an MVTec-style folder or the embedded photograph."""
+    from pathlib import Path
+
+    from anounet_jax.data.native import load_native_embedded, load_native_mvtec
+    from anounet_jax.data.sources import EMBEDDED, parse_source
+
+    kind, name = parse_source(spec_data)
+    d = preset.data
+    if kind == EMBEDDED:
+        category = name or d.category
+        tile = preset.tiles.tile or preset.image_size
+        side = max(2 * tile, 64)
+        per = ((side - tile) // max(1, tile // 2) + 1) ** 2
+        n_crops = int(min(64, max(4, -(-d.n_train // per))))
+        train, test = load_native_embedded(category, n_crops, d.n_test_good, d.n_test_defect, seed,
+                                           train_hw=(side, side), test_hw=(min(128, 2 * side), 3 * side // 2))
+        return f"embedded {category} (native)", category, train, test
+    if kind != "folder" or not Path(name).is_dir():
+        raise AnoUnetError(f"tiled evaluation reads an MVTec-style category folder or 'embedded', not "
+                           f"{spec_data!r}; use --resize for the other sources")
+    from anounet_jax.data.dagm import class_folder
+
+    if class_folder(Path(name)) is not None:
+        raise AnoUnetError("tiled evaluation of DAGM class folders is not supported yet; use --resize", name)
+    root = Path(name)
+    return str(root), root.name, load_native_mvtec(root, "train"), load_native_mvtec(root, "test")
+
+
+def check_one_size(test: NativeSet) -> tuple[int, int]:
+    sizes = sorted(set(test.sizes()))
+    if len(sizes) != 1:
+        raise AnoUnetError(f"tiled evaluation needs test images of one size (the metrics pool their pixels), "
+                           f"got {len(sizes)} sizes: {', '.join(f'{h}x{w}' for h, w in sizes[:4])}")
+    return sizes[0]
+
+
+def stacked(test: NativeSet) -> ImageSet:
+    """The native test set as one ImageSet (images of one size, see `check_one_size`)."""
+    check_one_size(test)
+    return ImageSet(np.stack(test.images).astype(np.float32), masks=np.stack(test.masks),
+                    labels=np.asarray(test.labels), ids=list(test.ids))
+
+
+def _scaled(image: np.ndarray, spec: TileSpec) -> np.ndarray:
+    return resize_image(image, spec.scaled_hw(*image.shape[:2])) if spec.scale != 1.0 else image
+
+
+def train_tiles(train: NativeSet, spec: TileSpec, n: int, seed: int) -> ImageSet:
+    """Up to n tiles of the normal images (the grid's tiles, drawn without replacement, seeded): what
+    the f-Net and every baseline train on when tiling, at the tile size."""
+    pairs = [(i, k) for i, x in enumerate(train.images) for k in range(spec.n_tiles(*x.shape[:2]))]
+    if not pairs:
+        raise AnoUnetError("no normal training images")
+    rng = np.random.default_rng([seed, 21])
+    take = sorted(rng.choice(len(pairs), min(int(n), len(pairs)), replace=False).tolist())
+    by_image: dict[int, list[int]] = {}
+    for j in take:
+        i, k = pairs[j]
+        by_image.setdefault(i, []).append(k)
+    tiles, ids = [], []
+    for i, ks in by_image.items():
+        x = _scaled(train.images[i], spec)
+        grid = spec.grid(*train.images[i].shape[:2])
+        all_tiles = cut(x, grid)
+        tiles.append(all_tiles[ks])
+        ids += [f"{train.ids[i]}#{k}" for k in ks]
+    x = np.concatenate(tiles).astype(np.float32)
+    return ImageSet(x, labels=np.zeros(len(x), np.int64), ids=ids)
+
+
+def tiled_maps(maps_fn, test: ImageSet, spec: TileSpec, sigma: float, image_score: str):
+    """Every test image cut into tiles, mapped by `maps_fn(tiles, first_index)` (a `Method.prepare`
+    result) in groups of about GROUP_TILES tiles, stitched, smoothed and brought to the native size.
+
+    Returns (smoothed maps (N, H, W) with +inf where only diverged tiles lie, image scores (N,),
+    diverged (N,) bool: any tile diverged, info, tiles per image). Image score: the method's own score
+    as the max over the image's tiles, else the preset's map score (`map_score(.., image_score)`) of
+    the stitched smoothed map."""
+    from anounet_jax.jobs.score.model import smooth_map
+    from anounet_jax.maps import map_score
+
+    n = len(test)
+    hw = test.images.shape[1:3]
+    grid = spec.grid(*hw)
+    per = grid.n_tiles
+    maps = np.empty((n, *hw), np.float32)
+    scores = np.full(n, np.nan, np.float32)
+    own = [None] * n
+    diverged = np.zeros(n, bool)
+    info: dict = {}
+    group = max(1, GROUP_TILES // per)
+    for lo in range(0, n, group):
+        hi = min(lo + group, n)
+        tiles = np.concatenate([cut(_scaled(test.images[i], spec), grid) for i in range(lo, hi)])
+        out = maps_fn(tiles, lo * per)
+        info.update(out.info)
+        heat = np.asarray(out.heatmap, np.float32)
+        bad = np.asarray(out.diverged, bool) | ~np.isfinite(heat.reshape(len(heat), -1)).all(1)
+        for j, i in enumerate(range(lo, hi)):
+            sl = slice(j * per, (j + 1) * per)
+            raw = stitch(heat[sl], grid, valid=~bad[sl])
+            diverged[i] = bool(bad[sl].any())
+            m = resize_map(smooth_map(raw, sigma), hw)
+            maps[i] = np.where(np.isnan(m), np.float32(np.inf), m)
+            if out.score is not None:
+                s = np.asarray(out.score, np.float32)[sl]
+                own[i] = float(np.max(np.where(np.isfinite(s), s, np.inf)))
+    if all(s is not None for s in own):
+        scores[:] = own
+    else:
+        scores = map_score(maps, image_score).astype(np.float32)
+    return maps, scores, diverged, info, per

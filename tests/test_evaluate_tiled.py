@@ -1,0 +1,129 @@
+"""Tiled `anounet evaluate` (issue 16, part 5): a tiny MVTec-style folder of images larger than the tile.
+Every method maps the same tiles and gets a stitched map of the image's native shape; metrics are
+computed against the native masks; a defect across a tile boundary is found; a mask whose size
+differs from its image is a one-line error naming the file."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anounet_jax.cli import main
+from anounet_jax.config import TINY
+from anounet_jax.data.native import photo
+from anounet_jax.data.tiling import tile_grid
+from anounet_jax.errors import AnoUnetError
+from anounet_jax.jobs.evaluate import evaluate
+from anounet_jax.methods import METHODS
+
+H, W = 64, 96  # native test size; the tiny preset's tile is 32, stride 16: 3 x 5 = 15 tiles
+BOUNDARY = (29, 45, 6)  # a magenta 6x6 square over y 29..31 | 32..34 and x 45..47 | 48..50: tile edges of the grid
+
+
+def _png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = np.asarray(array)
+    Image.fromarray(a if a.dtype == np.uint8 else np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+def _crops(n, hw, rng, rows):
+    src = photo("grass")[rows]
+    out = []
+    for _ in range(n):
+        y, x = rng.integers(0, src.shape[0] - hw[0]), rng.integers(0, src.shape[1] - hw[1])
+        out.append(src[y:y + hw[0], x:x + hw[1]])
+    return out
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mvtec_native") / "grass"
+    rng = np.random.default_rng(0)
+    for i, x in enumerate(_crops(6, (64, 64), rng, slice(0, 380))):
+        _png(root / "train" / "good" / f"{i:03d}.png", x)
+    good, a, b = _crops(3, (H, W), rng, slice(384, 512))
+    _png(root / "test" / "good" / "000.png", good)
+    y, x, s = BOUNDARY
+    for i, img in enumerate((a, b)):
+        img = img.copy()
+        mask = np.zeros((H, W), np.uint8)
+        if i == 0:
+            img[y:y + s, x:x + s] = (1.0, 0.2, 0.9)
+            mask[y:y + s, x:x + s] = 255
+        else:
+            img[40:52, 70:84] = (1.0, 0.2, 0.9)
+            mask[40:52, 70:84] = 255
+        _png(root / "test" / "spot" / f"{i:03d}.png", img)
+        _png(root / "ground_truth" / "spot" / f"{i:03d}_mask.png", mask)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_tiled")
+    maps = {}
+    metrics = evaluate(folder, "tiny", None, out, seed=0, progress=False, native=True, maps_out=maps)
+    return out, metrics, maps
+
+
+def test_boundary_square_lies_on_tile_edges():
+    g = tile_grid(H, W, TINY.image_size)
+    y, x, s = BOUNDARY
+    assert 32 in g.ys and 48 in g.xs and y < 32 < y + s and x < 48 < x + s
+
+
+def test_every_method_maps_at_native_size_with_native_metrics(run):
+    out, metrics, maps = run
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert set(metrics) == set(METHODS) | {"settings"}
+    t = metrics["settings"]["tiling"]
+    assert t["native_hw"] == [H, W] and t["tiles_per_image"] == 15 and t["tile"] == 32 and t["stride"] == 16
+    assert maps["masks"].shape == (3, H, W)  # the native masks, not resized
+    for name in METHODS:
+        assert maps[name].shape == (3, H, W), name
+        assert np.isfinite(maps[name]).all(), name
+        m = metrics[name]
+        assert m["images"] == 3 and m["diverged"] == 0
+        for key in ("image_auroc", "pixel_auroc", "aupro"):
+            assert 0.0 <= m[key] <= 1.0, (name, key)
+    assert "native 64x96, 15 tiles of 32x32" in (out / "metrics.md").read_text()
+
+
+def test_defect_across_a_tile_boundary_is_found(run):
+    _, metrics, maps = run
+    heat = maps["ano-unet"][1]  # test/spot/000: the square over the tile edges
+    y, x, s = BOUNDARY
+    inside = heat[y:y + s, x:x + s].max()
+    outside = np.percentile(np.delete(heat.ravel(), np.flatnonzero(maps["masks"][1].ravel())), 99)
+    assert inside > outside
+    assert metrics["ano-unet"]["pixel_auroc"] > 0.8
+
+
+def test_mask_of_another_size_is_a_one_line_error(folder, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "grass"
+    shutil.copytree(folder, bad)
+    _png(bad / "ground_truth" / "spot" / "001_mask.png", np.zeros((32, 48), np.uint8))
+    with pytest.raises(AnoUnetError, match="001_mask.png"):
+        evaluate(bad, "tiny", "autoencoder", tmp_path / "o", progress=False, native=True)
+    assert main(["evaluate", str(bad), "--preset", "tiny", "--tile", "32", "--methods", "ae",
+                 "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "001_mask.png" in err and "mask is 32x48" in err
+
+
+def test_test_images_of_several_sizes_are_refused(folder, tmp_path):
+    import shutil
+
+    bad = tmp_path / "grass"
+    shutil.copytree(folder, bad)
+    _png(bad / "test" / "good" / "001.png", np.zeros((40, 40, 3), np.uint8))
+    with pytest.raises(AnoUnetError, match="one size"):
+        evaluate(bad, "tiny", "autoencoder", tmp_path / "o", progress=False, native=True)
+
+
+def test_default_stays_resized(folder, tmp_path):
+    m = evaluate(folder, "tiny", "autoencoder", tmp_path / "o", progress=False)
+    assert m["settings"]["tiling"] is None
