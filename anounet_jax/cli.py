@@ -92,7 +92,11 @@ def cmd_demo(args) -> int:
     m = run_demo(preset, args.out, seed=args.seed, progress=not args.quiet, log=_log(args))
     print(f"image AUROC {m['image_auroc']:.3f}  pixel AUROC {m['pixel_auroc']:.3f}  "
           f"AUPRO {m['aupro']:.3f}  ({m['images']} test images, {m['diverged']} diverged)")
-    print(f"time: {json.dumps(m['seconds'])}; panels, metrics.json and config.json in {args.out}")
+    ph = m["photo"]
+    print(f"full photograph {ph['size'][0]}x{ph['size'][1]} at native resolution ({ph['tiles']} tiles of "
+          f"{ph['tile']}x{ph['tile']}, stride {ph['stride']}, scale {ph['scale']}): pixel AUROC "
+          f"{ph['pixel_auroc']:.3f}, AUPRO {ph['aupro']:.3f}, small defects (2-6 px) {ph['pixel_auroc_small_defects']:.3f}")
+    print(f"time: {json.dumps(m['seconds'])}; panels, photo/, metrics.json and config.json in {args.out}")
     return 0
 
 

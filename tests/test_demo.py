@@ -9,7 +9,9 @@ from anounet_jax.config import TINY
 
 def test_demo_pipeline_runs_end_to_end_on_the_tiny_preset(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--preset", "tiny", "--out", str(out), "--quiet"]) == 0
+    # the full photograph shrunk to 128 px first (7 x 7 tiles of 32 at stride 16) to keep the test fast
+    assert main(["demo", "--preset", "tiny", "--out", str(out), "--quiet", "--set", "tiles.scale=0.25",
+                 "--set", "tiles.stride=16"]) == 0
     printed = capsys.readouterr().out
     assert "pixel AUROC" in printed and "image AUROC" in printed
     metrics = json.loads((out / "metrics.json").read_text())
@@ -19,6 +21,16 @@ def test_demo_pipeline_runs_end_to_end_on_the_tiny_preset(tmp_path, capsys):
         assert 0.0 <= metrics[key] <= 1.0
     # the planted defects must be found better than chance even on the tiny preset
     assert metrics["pixel_auroc"] > 0.6
+    photo = metrics["photo"]  # the whole 512 x 512 photograph, mapped by tiles, at its native size
+    assert photo["size"] == [512, 512] and photo["tiles"] == 49 and photo["diverged_tiles"] == 0
+    assert sum(1 for d in photo["defects"] if d["size_px"] <= 6) >= 2
+    for key in ("pixel_auroc", "aupro", "pixel_auroc_small_defects"):
+        assert 0.0 <= photo[key] <= 1.0
+    assert "full photograph 512x512" in printed
+    assert Image.open(out / "photo" / "overlay.png").size == (512, 512)
+    assert Image.open(out / "photo" / "panel.png").size == (3 * 512 + 16, 512)
+    with np.load(out / "photo" / "heatmap.npz") as z:
+        assert z["heatmap"].shape == (512, 512) and z["mask"].any()
     panels = sorted((out / "panels").glob("*.png"))
     assert len(panels) == n_test
     panel = np.asarray(Image.open(panels[-1]))

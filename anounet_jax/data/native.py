@@ -36,6 +36,7 @@ class NativeSet:
     labels: np.ndarray | None = None
     ids: list = dataclasses.field(default_factory=list)
     defects: list = dataclasses.field(default_factory=list)  # per image: [(kind, size_px, y, x), ...]
+    small: list | None = None  # per image: bool (H_i, W_i), the pixels of its 2-6 px defects
 
     def __len__(self) -> int:
         return len(self.images)
@@ -75,10 +76,12 @@ def _defect(img: np.ndarray, kind: str, size: int, rng) -> tuple[np.ndarray, tup
 
 
 def plant_native_defects(img: np.ndarray, rng, n_small: int = 2, n_large: int = 1):
-    """(image with defects, bool mask, [(kind, size_px, y, x)]): n_small defects of 2-6 px (dots, hairline
-    scratches: dark or bright) and n_large of 12-28 px (spots, stains)."""
+    """(image with defects, bool mask, [(kind, size_px, y, x)], bool mask of the small defects alone):
+    n_small defects of 2-6 px (dots, hairline scratches: dark or bright) and n_large of 12-28 px
+    (spots, stains)."""
     out = np.array(img, np.float32, copy=True)
     mask = np.zeros(out.shape[:2], bool)
+    small_mask = np.zeros(out.shape[:2], bool)
     planted = []
     for i in range(n_small + n_large):
         small = i < n_small
@@ -90,9 +93,12 @@ def plant_native_defects(img: np.ndarray, rng, n_small: int = 2, n_large: int = 
             out[m] = out[m] * tint
         else:
             out[m] = rng.uniform(0.0, 0.1) if out[m].mean() > 0.45 else rng.uniform(0.9, 1.0)
-        mask |= m & (np.abs(out - img).max(-1) > 1e-3)
+        changed = m & (np.abs(out - img).max(-1) > 1e-3)
+        mask |= changed
+        if small:
+            small_mask |= changed
         planted.append((kind, size, y, x))
-    return np.clip(out, 0, 1).astype(np.float32), mask, planted
+    return np.clip(out, 0, 1).astype(np.float32), mask, planted, small_mask
 
 
 # ------------------------------------------------------------------------------------- embedded
@@ -130,16 +136,17 @@ def load_native_embedded(category: str = "brick", n_train: int = 8, n_good: int 
     train = _crops(src[:cut], n_train, train_hw, rng)
     test = _crops(src[cut:], n_good + n_defect, test_hw, rng)
     masks, defects = [np.zeros(x.shape[:2], bool) for x in test], [[] for _ in test]
+    small = [np.zeros(x.shape[:2], bool) for x in test]
     for j in range(n_good, n_good + n_defect):
-        test[j], masks[j], defects[j] = plant_native_defects(test[j], rng, n_small, n_large)
+        test[j], masks[j], defects[j], small[j] = plant_native_defects(test[j], rng, n_small, n_large)
     ids = [f"test/good/{i:03d}" for i in range(n_good)] + [f"test/native/{j:03d}" for j in range(n_defect)]
     labels = np.r_[np.zeros(n_good, np.int64), np.ones(n_defect, np.int64)]
     return (NativeSet(train, labels=np.zeros(n_train, np.int64), ids=[f"train/{category}/{i:04d}" for i in range(n_train)]),
-            NativeSet(test, masks, labels, ids, defects))
+            NativeSet(test, masks, labels, ids, defects, small))
 
 
 def full_photo(category: str = "brick", seed: int = 0, n_small: int = 6, n_large: int = 3):
-    """(the whole photograph with planted defects, its mask, the defects' list)."""
+    """(the whole photograph with planted defects, its mask, the defects' list, the small defects' mask)."""
     return plant_native_defects(photo(category), np.random.default_rng([seed, 12]), n_small, n_large)
 
 
