@@ -127,3 +127,12 @@ def test_test_images_of_several_sizes_are_refused(folder, tmp_path):
 def test_default_stays_resized(folder, tmp_path):
     m = evaluate(folder, "tiny", "autoencoder", tmp_path / "o", progress=False)
     assert m["settings"]["tiling"] is None
+
+
+def test_embedded_native_has_small_and_large_defects(tmp_path):
+    maps = {}
+    m = evaluate("embedded", "tiny", "autoencoder", tmp_path / "o", progress=False, native=True, maps_out=maps)
+    t = m["settings"]["tiling"]
+    assert t["tile"] == 32 and maps["autoencoder"].shape[1:] == tuple(t["native_hw"]) == (128, 96)
+    assert m["settings"]["n_test"] == TINY.data.n_test_good + TINY.data.n_test_defect
+    assert 0.0 <= m["autoencoder"]["pixel_auroc"] <= 1.0
