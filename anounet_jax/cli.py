@@ -109,6 +109,9 @@ def cmd_evaluate(args) -> int:
     methods = parse_methods(args.methods)
     args.overrides = list(args.overrides) + _tile_overrides(args)
     preset = _resolved(args)
+    if args.native and args.resize:
+        raise AnoUnetError("--native (tiles at native resolution) and --resize (every image resized) exclude "
+                           "each other")
     if args.native and not preset.tiles.tile:  # tiling at the preset's size: a tile makes it the preset's
         preset = preset.replace(tiles={"tile": preset.image_size})
     categories = find_categories(args.data)  # None: one data set; a folder holding no category: an error

@@ -136,3 +136,12 @@ def test_embedded_native_has_small_and_large_defects(tmp_path):
     assert t["tile"] == 32 and maps["autoencoder"].shape[1:] == tuple(t["native_hw"]) == (128, 96)
     assert m["settings"]["n_test"] == TINY.data.n_test_good + TINY.data.n_test_defect
     assert 0.0 <= m["autoencoder"]["pixel_auroc"] <= 1.0
+
+
+def test_native_and_resize_exclude_each_other(folder, tmp_path, capsys):
+    for extra in (["--native", "--resize"], ["--stride", "16", "--resize"]):
+        assert main(["evaluate", str(folder), "--preset", "tiny", "--methods", "ae", "--out",
+                     str(tmp_path / "o"), "--quiet", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "resize" in err
+    assert not (tmp_path / "o").exists()

@@ -27,6 +27,8 @@ def tiling_for(preset, native: bool | None) -> TileSpec | None:
     from anounet_jax.jobs.score.model import resolve_tiles
 
     t = preset.tiles
+    if t.resize:
+        resolve_tiles(preset)  # resize with a tile size, stride or scale: a one-line error
     if native is None:
         native = not t.resize and bool(t.tile or t.stride or t.scale != 1.0)
     if not native:
