@@ -140,8 +140,8 @@ def main(argv=None) -> int:
     for name, pa, ap, ps, pl, ia, secs, n_fits, div in rows:
         lines.append(f"| {name} | {pa:.3f} | {ap:.3f} | {ps:.3f} | {pl:.3f} | {ia:.3f} | {secs:.1f} | {n_fits} | {div} |")
     lines += ["", "Metrics at the native mask size. Small-defect AUROC: the small defects' pixels against every "
-              "defect-free pixel (large-defect pixels left out); large likewise. With few images the numbers "
-              "move by a few hundredths between seeds.", ""]
+              "defect-free pixel (large-defect pixels left out); large likewise. With so few images the "
+              "numbers move by up to a tenth between seeds.", ""]
     text = "\n".join(lines)
     print(text)
     if a.out:
