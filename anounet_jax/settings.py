@@ -38,7 +38,7 @@ RULES: dict[str, tuple] = {
     "fnet.arch": ("mobilenet_v2", "small_cnn"), "fnet.method": ("l2softmax", "doc"),
     "fnet.alpha": POSITIVE, "fnet.small_cnn_width": POSITIVE, "fnet.alpha_l2": POSITIVE,
     "fnet.doc_lambda": NON_NEGATIVE, "fnet.lr": POSITIVE, "fnet.batch_size": POSITIVE,
-    "fnet.epochs": POSITIVE, "fnet.bn_stats": ("moving", "recompute"),
+    "fnet.epochs": NON_NEGATIVE, "fnet.bn_stats": ("moving", "recompute"),
     "fnet.patch_memory": ("in [0, 1]", lambda v: 0.0 <= v <= 1.0),
     "fit.steps": POSITIVE, "fit.beta": NON_NEGATIVE, "fit.optimizer": ("sgd", "adam"),
     "fit.lr": POSITIVE, "fit.momentum": NON_NEGATIVE, "fit.lc_scale": ("raw", "normal"),
