@@ -28,12 +28,13 @@ The protocol, the same for every method:
   maps       every method (anounet_jax.methods) gives a raw map per test image; the harness smooths all
              of them with one Gaussian sigma (`smoothing`, default the preset's maps.smoothing_sigma).
   image      "image_auroc": each method's own image score. Ano-Unet: the preset's map score of its
-             smoothed map (maps.image_score: "max" or "top1", the mean of the top 1%; as the demo). Autoencoder, DOC decoder: the sum of the raw map. AnoGAN: the
-             latent-search loss L(z*) (`BaselineResult.score`). Feature memory: the largest patch
-             distance. Tiled: the stitched map's score for Ano-Unet (and every map score), the max over
-             the image's tiles for the methods with their own score. "by_kind": the metrics per defect kind (that kind's images against the good). "image_auroc_map_max": the max of the
-             smoothed map for every method, so the methods are comparable on one score (for Ano-Unet
-             the two are the same number).
+             smoothed map (maps.image_score: "max" or "top1", the mean of the top 1%; as the demo).
+             Autoencoder, DOC decoder: the sum of the raw map. AnoGAN: the latent-search loss L(z*)
+             (`BaselineResult.score`). Feature memory: the largest patch distance. Tiled: the map
+             score of the stitched smoothed map for Ano-Unet, the max over the image's tiles for the
+             methods with their own score. "by_kind": the metrics per defect kind (that kind's images
+             against the good). "image_auroc_map_max": the max of the smoothed map for every method,
+             so the methods are comparable on one score (for Ano-Unet the two are the same number).
   pixel      "pixel_auroc" and "aupro" (FPR limit 0.3) of the smoothed maps against the masks (tiled:
              at the native mask size).
   seconds    wall time the method needs on its own: its training and its maps, plus the shared f-Net
@@ -43,7 +44,8 @@ The protocol, the same for every method:
              diverged tile; the tile is left out of the stitching and pixels only it covered are +inf.
 
 Outputs in out_dir: metrics.json (one entry per method + "settings"; written last of the numbers, so
-its presence marks a finished evaluation), metrics.md (a Markdown table), panels/<id>.png (image | one
+its presence marks a finished evaluation; settings["tiling"]: tile, stride, scale, native size, tiles
+per image and training tiles, None when resized), metrics.md (a Markdown table), panels/<id>.png (image | one
 overlay per method | true mask; each method's overlays share one colour scale: 0 to the 99.5th
 percentile of all its smoothed maps), per_image.json, curves.json, curves/*.png and report.html (the
 evaluation report: jobs/evaluate_report.py). A folder of several categories: jobs/evaluate_suite.py.
