@@ -36,7 +36,7 @@ class FNetConfig:
     doc_lambda: float = 0.1  # DOC: weight of the compactness loss
     lr: float = 1e-4
     batch_size: int = 128
-    epochs: int = 30
+    epochs: int = 30  # 0: the f-Net stays at its random initialization (random features)
     augment: bool = True  # flips and 90-degree rotations
     # BatchNorm statistics of the frozen f-Net: "moving" keeps the moving averages training left
     # (Keras' momentum 0.999: after a few hundred steps still mostly their initial values, so the frozen
@@ -162,11 +162,14 @@ SMALL = Preset(
     name="small",
     image_size=64,
     unet=UNetConfig(width=16, depth=4, norm="batch"),
+    # f-Net: an untrained MobileNetV2 (random features; epochs 0) with raw BatchNorm statistics, L_C
+    # scale-free at beta 0.015: the best variant on the tuning families (benchmarks/results/
+    # tune_anounet_small.md); a trained f-Net (4 epochs, beta 50 raw) was no better as L_C's target
     fnet=FNetConfig(arch="mobilenet_v2", alpha=0.5, method="l2softmax", alpha_l2=5.0, lr=1e-3,
-                    batch_size=64, epochs=4),
-    fit=FitConfig(steps=60, beta=50.0, optimizer="adam", lr=1e-2),
+                    batch_size=64, epochs=0),
+    fit=FitConfig(steps=60, beta=0.015, optimizer="adam", lr=1e-2, lc_scale="normal"),
     data=DataConfig(n_train=800, n_reference_per_class=100, n_test_good=20, n_test_defect=40),
-    maps=MapConfig(smoothing_sigma=2.0),
+    maps=MapConfig(smoothing_sigma=2.0, image_score="top1"),
     engine=EngineConfig(chunk_size=16),
 )
 

@@ -109,6 +109,13 @@ def recompute_batch_stats(module: nn.Module, variables, images: np.ndarray, batc
     return {**variables, "batch_stats": mean}
 
 
+def describe(cfg) -> str:
+    """"mobilenet_v2, l2softmax, 4 epochs" or "mobilenet_v2, untrained: random features" (epochs 0)."""
+    if cfg.epochs == 0:
+        return f"{cfg.arch}, untrained: random features"
+    return f"{cfg.arch}, {cfg.method}, {cfg.epochs} epochs"
+
+
 def train_fnet(cfg, normal: ImageSet, reference: ImageSet, seed: int = 0, progress: bool = True,
                init_variables=None) -> TrainedFNet:
     """Train the f-Net named by `cfg` (an FNetConfig), freeze it, and compute C on the normal images.

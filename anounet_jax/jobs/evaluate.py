@@ -150,7 +150,7 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
     from anounet_jax.baselines.configs import baseline_config
     from anounet_jax.data.embedded import load_reference
     from anounet_jax.data.sources import load_labelled
-    from anounet_jax.fnet.train import train_fnet
+    from anounet_jax.fnet.train import describe, train_fnet
     from anounet_jax.jobs.common import check_seed, prepare_out_dir
     from anounet_jax.jobs.evaluate_report import plot_curves, write_evaluation_record, write_single_report
     from anounet_jax.maps import map_score, smooth, write_panels
@@ -206,7 +206,7 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
         t0 = time.perf_counter()
         reference = load_reference(category, input_size, preset.data.n_reference_per_class, seed)
         n_reference = len(reference)
-        log(f"f-Net ({preset.fnet.arch}, {preset.fnet.method}): {len(train)} normal + {n_reference} "
+        log(f"f-Net ({describe(preset.fnet)}): {len(train)} normal + {n_reference} "
             f"reference images ({len(set(reference.labels.tolist()))} classes)")
         trained = train_fnet(preset.fnet, train, reference, seed=seed, progress=progress)
         del reference

@@ -27,7 +27,7 @@ def train_fnet_checkpoint(data, out, *, preset="small", method: str | None = Non
     from anounet_jax.data.embedded import load_reference
     from anounet_jax.data.sources import load_normal_images
     from anounet_jax.fnet.scores import make_scorer
-    from anounet_jax.fnet.train import train_fnet
+    from anounet_jax.fnet.train import describe, train_fnet
     from anounet_jax.jobs.common import check_seed, prepare_out_dir
 
     p = get_preset(preset) if isinstance(preset, str) else preset
@@ -46,7 +46,7 @@ def train_fnet_checkpoint(data, out, *, preset="small", method: str | None = Non
         raise AnoUnetError(f"the f-Net and the {scorer} scorer need at least 2 normal images, found "
                            f"{len(normal)}", data)
     reference = load_reference(p.data.category, p.image_size, p.data.n_reference_per_class, seed)
-    log(f"f-Net ({p.fnet.arch}, {p.fnet.method}): {len(normal)} normal, {len(reference)} reference images "
+    log(f"f-Net ({describe(p.fnet)}): {len(normal)} normal, {len(reference)} reference images "
         f"of {p.image_size}x{p.image_size}")
     trained = train_fnet(p.fnet, normal, reference, seed=seed, progress=progress)
     if sc.kind == "distance":
