@@ -41,9 +41,11 @@ def fill(path, a):  # random weights; BatchNorm variances near 1 (the maths, not
 variables = jax.tree_util.tree_map_with_path(fill, shapes)
 fnet = FrozenFNet.from_module(module, variables)
 x = load_test("brick", s, n // 4, n - n // 4).images
-center = fnet.features(x).mean(0)
+feats = fnet.features(x)
+center = feats.mean(0)
+scale = float(np.abs(feats - center).mean())  # L_C's unit (fit.lc_scale "normal")
 t1 = time.perf_counter()
-Engine.from_preset(preset.replace(fit={"steps": steps}), fnet, center).fit(x)
+Engine.from_preset(preset.replace(fit={"steps": steps}), fnet, center, scale).fit(x)
 t2 = time.perf_counter()
 print(json.dumps({"total_s": round(t2 - t0, 1), "fit_s": round(t2 - t1, 1)}))
 """

@@ -48,8 +48,7 @@ def main(argv=None):
            "device": str(jax.devices()[0]), "results": {}}
     maps = {}
     for name, dtype in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
-        eng = Engine(preset.unet, preset.fit, trained.fnet, trained.center, formulation=args.formulation,
-                     compute_dtype=dtype)
+        eng = Engine.for_trained(preset, trained, formulation=args.formulation, compute_dtype=dtype)
         t = time.perf_counter()
         res = eng.fit(test.images, seed=args.seed)
         seconds = time.perf_counter() - t
