@@ -76,3 +76,11 @@ def test_the_spatial_term_changes_the_fit_and_keeps_images_independent(tiny_trai
 def test_a_spatial_weight_without_a_memory_is_a_clear_error(tiny_trained):
     with pytest.raises(AnoUnetError, match="spatial_beta"):
         Engine(TINY.unet, tiny_fit(spatial_beta=1.0), tiny_trained.fnet, tiny_trained.center, formulation="loop")
+
+
+def test_measure_picks_a_formulation_with_the_spatial_term(tiny_trained, memory):
+    x = _stripes(2, seed=4)
+    eng = Engine(TINY.unet, tiny_fit(steps=1, spatial_beta=1.0), tiny_trained.fnet, tiny_trained.center,
+                 formulation="measure", chunk_size=2, patch_memory=memory)
+    res = eng.fit(x, seed=0)
+    assert eng.formulation in ("loop", "vmap_matmul") and np.isfinite(res.heatmap).all()

@@ -177,7 +177,8 @@ class Engine:
     def _resolve(self, image_shape) -> None:
         if self.formulation is None:  # "measure", on the first shape the engine sees
             name, _ = measure_formulation(self.unet_cfg, self.fit_cfg, self.fnet, self.center,
-                                          tuple(image_shape), chunk_size=self.chunk_size, devices=self.devices)
+                                          tuple(image_shape), chunk_size=self.chunk_size, devices=self.devices,
+                                          patch_memory=self.patch_memory)
             self._set_formulation(name)
 
     @property
@@ -270,7 +271,7 @@ def _result(images, recon, loss_r, loss_c) -> FitResult:
 
 
 def measure_formulation(unet_cfg, fit_cfg, fnet, center, image_shape, candidates=None, chunk_size=8,
-                        steps: int = 2, devices=None) -> tuple[str, dict]:
+                        steps: int = 2, devices=None, patch_memory=None) -> tuple[str, dict]:
     """Time each candidate formulation on a chunk of random images of `image_shape` and return the
     fastest (and {formulation: ms per image-step}). The fit steps are timed apart from compilation,
     initialization and evaluation: a fit of 1 + steps steps minus a fit of 1 step. Costs one
@@ -278,7 +279,7 @@ def measure_formulation(unet_cfg, fit_cfg, fnet, center, image_shape, candidates
     per configuration in the process."""
     backend = (list(devices)[0].platform if devices else jax.default_backend())
     candidates = tuple(candidates or MEASURE_CANDIDATES.get(backend, FORMULATIONS))
-    maths = (fit_cfg.optimizer, fit_cfg.lr, fit_cfg.momentum)
+    maths = (fit_cfg.optimizer, fit_cfg.lr, fit_cfg.momentum, fit_cfg.spatial_beta > 0)
     key = (unet_cfg, maths, fnet.apply, tuple(image_shape), candidates, chunk_size, backend)
     if key not in _MEASURED_CHOICE:
         x = np.random.default_rng(0).random((chunk_size, *image_shape), dtype=np.float32)
@@ -286,7 +287,7 @@ def measure_formulation(unet_cfg, fit_cfg, fnet, center, image_shape, candidates
         for form in candidates:
             def run(n_steps):
                 eng = Engine(unet_cfg, dataclasses.replace(fit_cfg, steps=n_steps), fnet, center,
-                             formulation=form, chunk_size=chunk_size, devices=devices)
+                             formulation=form, chunk_size=chunk_size, devices=devices, patch_memory=patch_memory)
                 t = time.perf_counter()
                 eng.fit(x)
                 return time.perf_counter() - t
