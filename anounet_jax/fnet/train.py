@@ -228,4 +228,8 @@ def train_fnet(cfg, normal: ImageSet, reference: ImageSet, seed: int = 0, progre
         from anounet_jax.fnet.patch_memory import build_patch_memory
 
         memory = build_patch_memory(fnet, cfg, normal.images, seed, coreset_fraction=cfg.patch_memory)
-    return TrainedFNet(fnet, center, feats, history, feature_scale(feats, center), memory)
+    try:
+        scale = feature_scale(feats, center)
+    except AnoUnetError:  # (only a scale-free L_C needs it: Engine.from_preset says so there)
+        scale = None
+    return TrainedFNet(fnet, center, feats, history, scale, memory)
