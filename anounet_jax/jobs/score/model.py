@@ -5,7 +5,7 @@ Per image (global position i, so its U-Net key is fold_in(seed, i) whatever the 
     features  = f(x)                          the checkpoint's frozen f-Net (FrozenFNet.features)
     score     = scorer(features)              LOF or distance to C, as stored in the checkpoint
     flagged   = score > threshold             the checkpoint scorer's threshold unless overridden
-    maps      = Engine.from_preset(preset, f, C), smoothed by preset.maps, for every image ("all"),
+    maps      = Engine.for_trained(preset, checkpoint.trained), smoothed by preset.maps, for every image ("all"),
                 the flagged ones ("flagged") or none ("none")
 
 Status of a row: "ok" (maps made), "not visualized" (scored, no maps asked for), "diverged" (the
