@@ -45,11 +45,11 @@ def _register_ablation() -> None:
 
     base = METHODS["ano-unet"]
 
-    def run(inputs):
-        preset = inputs.preset.replace(fit={"beta": 0.0, "spatial_beta": 0.0})  # no f-Net term at all
-        return base.run(type(inputs)(**{**inputs.__dict__, "preset": preset}))
+    def without_term(inputs):  # no f-Net term at all
+        return type(inputs)(**{**inputs.__dict__, "preset": inputs.preset.replace(fit={"beta": 0.0, "spatial_beta": 0.0})})
 
-    register(Method(ABLATION, run, base.image_score, needs_fnet=True))
+    register(Method(ABLATION, lambda inputs: base.run(without_term(inputs)), base.image_score, needs_fnet=True,
+                    prepare=lambda inputs: base.prepare(without_term(inputs))))
 
 
 def _fmt(x) -> str:
@@ -71,7 +71,8 @@ def tables(results: dict, methods: list[str]) -> str:
     for name, m in results.items():
         out.append(f"| {name} | " + " | ".join(_fmt(m[k]["image_auroc_map_max"]) for k in methods) + " |")
     out.append("| **mean** | " + " | ".join(
-        f"**{np.mean([m[k]['image_auroc_map_max'] for m in results.values()]):.3f}**" for k in methods) + " |")
+        f"**{np.mean([m[k]['image_auroc_map_max'] for m in results.values() if m[k]['image_auroc_map_max'] is not None]):.3f}**"
+        for k in methods) + " |")
     kinds = sorted({kind for m in results.values() for kind in m[methods[0]].get("by_kind", {})})
     out += ["", "pixel AUROC per defect kind (mean over data sets that have it)", "", head.replace("data", "kind")]
     for kind in kinds:

@@ -209,7 +209,11 @@ def test_a_job_written_before_tiling_resumes_only_with_resize(tmp_path, ckpt, fo
     out = tmp_path / "out"
     assert cli.main(_args(folder, ckpt, out, "--visualize", "none", "--resize", "--chunk-size", "4")) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    del manifest["settings"]["preset"]["tiles"]  # as the job wrote it before tiling existed
+    preset = manifest["settings"]["preset"]
+    del preset["tiles"]  # as the job wrote it before tiling existed, and before the f-Net term's settings
+    for section, field in (("fit", "lc_scale"), ("fit", "spatial_beta"), ("fnet", "bn_stats"),
+                           ("fnet", "synthetic_flaws"), ("fnet", "patch_memory"), ("maps", "image_score")):
+        preset[section].pop(field)
     (out / "manifest.json").write_text(json.dumps(manifest))
     (out / "parts" / "part-000001.json").unlink()
     capsys.readouterr()

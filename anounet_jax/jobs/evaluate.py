@@ -34,7 +34,8 @@ The protocol, the same for every method:
              score of the stitched smoothed map for Ano-Unet, the max over the image's tiles for the
              methods with their own score. "by_kind": the metrics per defect kind (that kind's images
              against the good). "image_auroc_map_max": the max of the smoothed map for every method,
-             so the methods are comparable on one score (for Ano-Unet the two are the same number).
+             so the methods are comparable on one score (for Ano-Unet the same number when
+             maps.image_score is "max").
   pixel      "pixel_auroc" and "aupro" (FPR limit 0.3) of the smoothed maps against the masks (tiled:
              at the native mask size).
   seconds    wall time the method needs on its own: its training and its maps, plus the shared f-Net

@@ -240,6 +240,13 @@ def evaluate_suite(root, preset="small", methods=None, out_dir="runs/evaluate", 
         if categories is None:
             raise AnoUnetError(f"not a folder of categories ({_EXPECTED}); evaluate one data set with "
                                f"jobs.evaluate.evaluate", root)
+    from anounet_jax.jobs.evaluate_tiled import tiling_for
+
+    if tiling_for(preset, None) is not None:  # (bad tiling settings fail here, before any output)
+        dagm = [c.name for c in categories if c.kind == "dagm"]
+        if dagm:
+            raise AnoUnetError(f"tiled evaluation does not support DAGM classes ({', '.join(dagm)}); "
+                               f"evaluate them resized", root)
     out = prepare_out_dir(out_dir)
 
     per_category: dict[str, dict] = {}

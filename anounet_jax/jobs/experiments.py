@@ -174,7 +174,7 @@ def run_experiment(preset: Preset, train: ImageSet, reference: ImageSet | None, 
         log("f-Net: given (not trained here)")
         train_feats = trained_fnet.fnet.features(train.images)
     fnet, center = trained_fnet.fnet, np.asarray(trained_fnet.center, np.float32)
-    if trained_fnet.feature_scale is None:  # (an f-Net given from elsewhere)
+    if trained_fnet.feature_scale is None and preset.fit.lc_scale == "normal":  # (an f-Net given from elsewhere)
         trained_fnet = dataclasses.replace(trained_fnet, feature_scale=feature_scale(train_feats, center))
     t1 = time.perf_counter()
 

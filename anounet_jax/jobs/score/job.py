@@ -186,10 +186,16 @@ def _check_manifest(out: Path, new: dict) -> None:
         raise AnoUnetError(f"cannot read the job manifest ({e}); delete the output folder to start over",
                            path) from None
     preset = old.get("settings", {}).get("preset")
-    if isinstance(preset, dict) and "tiles" not in preset:  # written before tiling: the resize path
-        from anounet_jax.config import TileConfig
+    if isinstance(preset, dict):
+        from anounet_jax.config import Preset, TileConfig
 
-        preset["tiles"] = dataclasses.asdict(TileConfig(resize=True))
+        before_tiling = "tiles" not in preset
+        try:  # fields added since the job was written take their defaults (the behaviour before them)
+            old["settings"]["preset"] = Preset.from_dict(preset).to_dict()
+        except (KeyError, TypeError):
+            pass  # malformed: the comparison below names the difference
+        if before_tiling:  # written before tiling: the resize path
+            old["settings"]["preset"]["tiles"] = dataclasses.asdict(TileConfig(resize=True))
     fresh = "use a new --out folder, or delete this one to start over"
     if old.get("format_version") != JOB_FORMAT:
         raise AnoUnetError(f"output folder was written by job format {old.get('format_version')}, "
