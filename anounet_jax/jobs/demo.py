@@ -24,6 +24,7 @@ from anounet_jax.config import Preset
 from anounet_jax.data.embedded import load_reference
 from anounet_jax.data.sources import load_labelled
 from anounet_jax.engine.fit import Engine
+from anounet_jax.errors import AnoUnetError
 from anounet_jax.fnet.train import train_fnet
 from anounet_jax.jobs.common import check_seed, prepare_out_dir
 from anounet_jax.maps import map_score, smooth, write_panels
@@ -72,14 +73,14 @@ def photo_demo(preset: Preset, engine, out_dir, seed: int, category: str, log=pr
 
     from anounet_jax.data.native import SMALL, full_photo
     from anounet_jax.data.tiling import TiledImage, TileSpec, fit_tiled, resize_image, resize_map
-    from anounet_jax.jobs.score.model import smooth_map
+    from anounet_jax.jobs.score.model import resolve_tiles, smooth_map
     from anounet_jax.maps import overlay
     from anounet_jax.metrics import aupro, pixel_auroc
 
     t0 = time.perf_counter()
     image, mask, planted, small = full_photo(category, seed)
     h, w = image.shape[:2]
-    tile = preset.tiles.tile or preset.image_size
+    tile = resolve_tiles(preset.replace(tiles={"resize": False})).tile  # (a bad tile size: one line)
     spec = TileSpec(tile, preset.tiles.stride or max(1, 7 * tile // 8), preset.tiles.scale)
     scaled = resize_image(image, spec.scaled_hw(h, w)) if spec.scale != 1.0 else image
     grid = spec.grid(h, w)
@@ -88,6 +89,8 @@ def photo_demo(preset: Preset, engine, out_dir, seed: int, category: str, log=pr
         f"(stride {spec.stride}" + (f", scale {spec.scale}" if spec.scale != 1.0 else "") + ")")
     chunk = engine.chunk_size_for((tile, tile, 3))
     [s] = list(fit_tiled(lambda c: engine.iter_fit(c, seed), [TiledImage("photo", scaled, grid, 0)], chunk))
+    if s.heatmap is None:
+        raise AnoUnetError(f"every one of the photograph's {grid.n_tiles} tile fits diverged; lower fit.lr")
     heat = resize_map(smooth_map(s.heatmap, preset.maps.smoothing_sigma), (h, w))
     fit_s = time.perf_counter() - t0
     finite = np.where(np.isfinite(heat), heat, np.float32(np.nanmax(heat)))

@@ -44,14 +44,16 @@ def load_native(spec_data, preset, seed: int) -> tuple[str, str, NativeSet, Nati
 
     from anounet_jax.data.native import load_native_embedded, load_native_mvtec
     from anounet_jax.data.sources import EMBEDDED, parse_source
+    from anounet_jax.jobs.score.model import resolve_tiles
 
     kind, name = parse_source(spec_data)
     d = preset.data
     if kind == EMBEDDED:
         category = name or d.category
-        tile = preset.tiles.tile or preset.image_size
+        spec = resolve_tiles(preset.replace(tiles={"resize": False}))
+        tile = spec.tile
         side = max(2 * tile, 64)
-        per = ((side - tile) // max(1, tile // 2) + 1) ** 2
+        per = spec.n_tiles(side, side)  # training tiles per crop at the chosen stride and scale
         n_crops = int(min(64, max(4, -(-d.n_train // per))))
         train, test = load_native_embedded(category, n_crops, d.n_test_good, d.n_test_defect, seed,
                                            train_hw=(side, side), test_hw=(min(128, 2 * side), 3 * side // 2))
