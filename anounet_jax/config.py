@@ -44,7 +44,8 @@ class FNetConfig:
     # training images under the trained weights (what training normalized with).
     bn_stats: str = "moving"
     # Self-supervised: one damaged copy of every normal image (fnet/irregularities.py: cut-paste,
-    # noise, blur, colour in a small region) as one more class, "normal with a flaw".
+    # noise, blur, colour in a small region) as one more class, "normal with a flaw", and a stride-8
+    # head trained to find the flaw.
     synthetic_flaws: bool = False
     # The memory of normal patch features for the spatial term (fit.spatial_beta): its size as a
     # fraction of all normal patch vectors (a greedy coreset, fnet/patch_memory.py); 0 = none.
@@ -164,7 +165,8 @@ SMALL = Preset(
     unet=UNetConfig(width=16, depth=4, norm="batch"),
     # f-Net: an untrained MobileNetV2 (random features; epochs 0) with raw BatchNorm statistics, L_C
     # scale-free at beta 0.015: the best variant on the tuning families (benchmarks/results/
-    # tune_anounet_small.md); a trained f-Net (4 epochs, beta 50 raw) was no better as L_C's target
+    # tune_anounet_small.md); the trained f-Net before it (4 epochs, beta 50 raw) did worse as L_C's
+    # target (mean pixel AUROC 0.747 against 0.769 over the five tuning families)
     fnet=FNetConfig(arch="mobilenet_v2", alpha=0.5, method="l2softmax", alpha_l2=5.0, lr=1e-3,
                     batch_size=64, epochs=0),
     fit=FitConfig(steps=60, beta=0.015, optimizer="adam", lr=1e-2, lc_scale="normal"),
