@@ -131,6 +131,24 @@ def markdown_table(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_arguments(methods, seed, preset, smoothing, baselines):
+    """The evaluation's arguments checked and resolved, before anything is read or trained:
+    (method names, seed, Preset, smoothing sigma, BaselineConfigs). One-line AnoUnetError otherwise."""
+    from anounet_jax.baselines.configs import baseline_config
+    from anounet_jax.engine.fit import check_formulation
+    from anounet_jax.jobs.common import check_seed
+
+    methods = parse_methods(methods)
+    seed = check_seed(seed)
+    if not isinstance(preset, Preset):
+        preset = get_preset(str(preset))
+    sigma = preset.maps.smoothing_sigma if smoothing is None else float(smoothing)
+    if not sigma >= 0.0:
+        raise AnoUnetError(f"smoothing sigma must be >= 0, got {smoothing!r}")
+    check_formulation(preset.engine.formulation)
+    return methods, seed, preset, sigma, baselines or baseline_config(preset.name)
+
+
 def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: int = 0,
              progress: bool = True, *, smoothing: float | None = None, baselines=None, log=None,
              native: bool | None = None, maps_out: dict | None = None) -> dict:
@@ -148,28 +166,17 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
     Raises AnoUnetError for an unknown method or preset, a bad sigma or seed, an unwritable out_dir, or
     a missing / malformed folder, before anything is trained.
     """
-    from anounet_jax.baselines.configs import baseline_config
     from anounet_jax.data.embedded import load_reference
     from anounet_jax.data.sources import load_labelled
     from anounet_jax.fnet.train import describe, train_fnet
-    from anounet_jax.jobs.common import check_seed, prepare_out_dir
+    from anounet_jax.jobs.common import prepare_out_dir
     from anounet_jax.jobs.evaluate_report import plot_curves, write_evaluation_record, write_single_report
     from anounet_jax.maps import map_score, smooth, write_panels
     from anounet_jax.metrics import map_metrics
 
     t_start = time.perf_counter()
     log = log or (print if progress else (lambda *a, **k: None))
-    methods = parse_methods(methods)
-    seed = check_seed(seed)
-    if not isinstance(preset, Preset):
-        preset = get_preset(str(preset))
-    sigma = preset.maps.smoothing_sigma if smoothing is None else float(smoothing)
-    if not sigma >= 0.0:
-        raise AnoUnetError(f"smoothing sigma must be >= 0, got {smoothing!r}")
-    from anounet_jax.engine.fit import check_formulation
-
-    check_formulation(preset.engine.formulation)
-    baselines = baselines or baseline_config(preset.name)
+    methods, seed, preset, sigma, baselines = check_arguments(methods, seed, preset, smoothing, baselines)
 
     from anounet_jax.jobs import evaluate_tiled as tiled
 

@@ -34,7 +34,7 @@ import re
 import time
 from pathlib import Path
 
-from anounet_jax.config import Preset, get_preset
+from anounet_jax.config import Preset
 from anounet_jax.errors import AnoUnetError
 from anounet_jax.jobs.score.files import atomic_write
 
@@ -216,24 +216,14 @@ def evaluate_suite(root, preset="small", methods=None, out_dir="runs/evaluate", 
 
     Every argument and every category folder's layout is checked before the output folder is created.
     """
-    from anounet_jax.baselines.configs import baseline_config
-    from anounet_jax.engine.fit import check_formulation
     from anounet_jax.jobs import evaluate as evaluate_job
-    from anounet_jax.jobs.common import check_seed, prepare_out_dir
+    from anounet_jax.jobs.common import prepare_out_dir
     from anounet_jax.jobs.evaluate_report import write_single_report, write_suite_report
-    from anounet_jax.methods import parse_methods
 
     t_start = time.perf_counter()
     log = log or (print if progress else (lambda *a, **k: None))
-    methods = parse_methods(methods)
-    seed = check_seed(seed)
-    if not isinstance(preset, Preset):
-        preset = get_preset(str(preset))
-    sigma = preset.maps.smoothing_sigma if smoothing is None else float(smoothing)
-    if not sigma >= 0.0:
-        raise AnoUnetError(f"smoothing sigma must be >= 0, got {smoothing!r}")
-    check_formulation(preset.engine.formulation)
-    baselines = baselines or baseline_config(preset.name)
+    methods, seed, preset, sigma, baselines = evaluate_job.check_arguments(methods, seed, preset, smoothing,
+                                                                           baselines)
     baseline_dict = {f.name: dataclasses.asdict(getattr(baselines, f.name)) for f in dataclasses.fields(baselines)}
     if categories is None:
         categories = find_categories(root)
