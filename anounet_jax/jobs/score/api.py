@@ -72,8 +72,6 @@ def score(images_or_folder, checkpoint, preset=None, visualize: str = "flagged",
       fit (it must have the checkpoint's image size). threshold: overrides the checkpoint scorer's.
     formulation: the engine's (None: the preset's engine.formulation; "measure" times the candidates).
     """
-    from tqdm.auto import tqdm
-
     check_visualize(visualize)
     model = ScoringModel(checkpoint, preset, threshold=threshold, seed=seed, formulation=formulation)
     if int(chunk_size) <= 0:
@@ -89,33 +87,42 @@ def score(images_or_folder, checkpoint, preset=None, visualize: str = "flagged",
     l_r = np.full(n, np.nan, np.float32)
     l_c = np.full(n, np.nan, np.float32)
     status = [STATUS_NOT_VISUALIZED] * n
+    for idx, out in _scored_chunks(source, chunk_size, progress, scores, flagged, status,
+                                   lambda chunk: model.process(chunk.images, chunk.indices, visualize)):
+        if out.fit is not None:
+            rows = idx[out.fitted]
+            heat[rows], recon[rows] = out.fit.heatmap, out.fit.recon
+            l_r[rows], l_c[rows] = out.fit.loss_r, out.fit.loss_c
+            for r, d in zip(rows.tolist(), out.fit.diverged.tolist()):
+                status[r] = STATUS_DIVERGED if d else STATUS_OK
+    return ScoreResult(ids=list(source.ids), scores=scores, flagged=flagged, heatmaps=heat, recon=recon,
+                       loss_r=l_r, loss_c=l_c, status=status, threshold=model.threshold)
+
+
+def _scored_chunks(source, chunk_size, progress, scores, flagged, status, score_chunk):
+    """Every chunk of `source` scored by `score_chunk(chunk)`: fills scores, flags and the problems of
+    unreadable or unusable images in place and yields (indices, outcome) for the maps."""
+    from tqdm.auto import tqdm
+
+    n = len(source)
     with tqdm(total=n, unit="img", desc="score", disable=not progress) as bar:
         for lo in range(0, n, chunk_size):
             hi = min(lo + chunk_size, n)
             chunk = source.chunk(lo, hi)
             for pos, problem in chunk.errors.items():
                 status[pos] = problem
-            out = model.process(chunk.images, chunk.indices, visualize)
+            out = score_chunk(chunk)
             idx = np.asarray(chunk.indices)
             scores[idx], flagged[idx] = out.scores, out.flagged
             for j, problem in enumerate(out.problems):
                 if problem is not None:
                     status[idx[j]] = problem
-            if out.fit is not None:
-                rows = idx[out.fitted]
-                heat[rows], recon[rows] = out.fit.heatmap, out.fit.recon
-                l_r[rows], l_c[rows] = out.fit.loss_r, out.fit.loss_c
-                for r, d in zip(rows.tolist(), out.fit.diverged.tolist()):
-                    status[r] = STATUS_DIVERGED if d else STATUS_OK
+            yield idx, out
             bar.update(hi - lo)
-    return ScoreResult(ids=list(source.ids), scores=scores, flagged=flagged, heatmaps=heat, recon=recon,
-                       loss_r=l_r, loss_c=l_c, status=status, threshold=model.threshold)
 
 
 def _score_tiled(model, source, natives, visualize, chunk_size, progress) -> ScoreResult:
     """`score` with maps at each image's native size (see jobs/score/model.py)."""
-    from tqdm.auto import tqdm
-
     from anounet_jax.data.tiling import tile_offsets
 
     n = len(source)
@@ -127,34 +134,22 @@ def _score_tiled(model, source, natives, visualize, chunk_size, progress) -> Sco
     l_r = np.full(n, np.nan, np.float32)
     l_c = np.full(n, np.nan, np.float32)
     status = [STATUS_NOT_VISUALIZED] * n
-    with tqdm(total=n, unit="img", desc="score", disable=not progress) as bar:
-        for lo in range(0, n, chunk_size):
-            hi = min(lo + chunk_size, n)
-            chunk = source.chunk(lo, hi)
-            for pos, problem in chunk.errors.items():
-                status[pos] = problem
-            out = model.score(chunk.images, visualize)
-            idx = np.asarray(chunk.indices)
-            scores[idx], flagged[idx] = out.scores, out.flagged
-            for j, problem in enumerate(out.problems):
-                if problem is not None:
-                    status[idx[j]] = problem
+    for idx, out in _scored_chunks(source, chunk_size, progress, scores, flagged, status,
+                                   lambda chunk: model.score(chunk.images, visualize)):
+        def items(idx=idx, out=out):
+            for j in out.fitted.tolist():
+                pos = int(idx[j])
+                try:
+                    native = natives.load(pos)
+                except AnoUnetError as e:
+                    status[pos] = e.problem
+                    continue
+                yield model.tiled_image(pos, native, int(offsets[pos]))
 
-            def items():
-                for j in out.fitted.tolist():
-                    pos = int(idx[j])
-                    try:
-                        native = natives.load(pos)
-                    except AnoUnetError as e:
-                        status[pos] = e.problem
-                        continue
-                    yield model.tiled_image(pos, native, int(offsets[pos]))
-
-            if len(out.fitted):
-                for m in model.fit_tiled(items()):
-                    heat[m.key], recon[m.key] = m.heatmap, m.recon
-                    l_r[m.key], l_c[m.key], status[m.key] = m.loss_r, m.loss_c, m.status
-            bar.update(hi - lo)
+        if len(out.fitted):
+            for m in model.fit_tiled(items()):
+                heat[m.key], recon[m.key] = m.heatmap, m.recon
+                l_r[m.key], l_c[m.key], status[m.key] = m.loss_r, m.loss_c, m.status
     known = {hw for hw in sizes if hw is not None}
     for i in range(n):  # rows without maps: NaN at the image's size (the common size if unknown)
         hw = sizes[i] or (next(iter(known)) if len(known) == 1 else (0, 0))
