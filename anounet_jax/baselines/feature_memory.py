@@ -26,7 +26,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from anounet_jax.baselines.configs import FeatureMemoryConfig
 from anounet_jax.baselines.common import BaselineResult, check_images
@@ -35,7 +34,7 @@ from anounet_jax.data.types import ImageSet
 from anounet_jax.errors import AnoUnetError
 from anounet_jax.fnet.local import default_layers, finest_stride, local_feature_fn, upsample_to_image
 from anounet_jax.fnet.model import FrozenFNet
-from anounet_jax.fnet.patch_memory import greedy_coreset, memory_blocks, nearest_distances
+from anounet_jax.fnet.patch_memory import greedy_coreset, memory_blocks, nearest_distances, patch_features
 
 
 def _check_config(cfg: FeatureMemoryConfig) -> None:
@@ -108,14 +107,7 @@ def train(normal: ImageSet, fnet: FrozenFNet, fnet_cfg, cfg: FeatureMemoryConfig
     if len(x) == 0:
         raise AnoUnetError("feature memory: no normal training images")
     layers = tuple(cfg.layers) if cfg.layers is not None else default_layers(fnet_cfg.arch)
-    features = jax.jit(local_feature_fn(fnet_cfg, layers))
-    with tqdm(total=len(x), desc="patch features", unit="img", disable=not progress) as bar:
-        def batch_features(b):
-            out = features(fnet.variables, b)
-            bar.update(min(len(b), bar.total - bar.n))
-            return out
-
-        feats = map_in_batches(batch_features, x, cfg.batch_size)
+    feats = patch_features(fnet, fnet_cfg, layers, x, cfg.batch_size, progress)
     vectors = feats.reshape(-1, feats.shape[-1])
     idx = greedy_coreset(vectors, memory_size(len(vectors), cfg), seed, cfg.projection_dim,
                          cfg.coreset_chunk, progress)

@@ -139,6 +139,18 @@ class PatchMemory:
         return cached_local_feature_fn(self.fnet_cfg, self.layers)
 
 
+def patch_features(fnet, fnet_cfg, layers, images, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    """float32 (N, h, w, C): the local f-Net features (`fnet.local`) of `images`, in padded batches."""
+    fn = jax.jit(cached_local_feature_fn(fnet_cfg, tuple(layers)))
+    with tqdm(total=len(images), desc="patch features", unit="img", disable=not progress) as bar:
+        def batch(b):
+            out = fn(fnet.variables, b)
+            bar.update(min(len(b), bar.total - bar.n))
+            return out
+
+        return map_in_batches(batch, np.asarray(images, np.float32), batch_size)
+
+
 def build_patch_memory(fnet, fnet_cfg, normal_images, seed: int = 0, coreset_fraction: float = 0.01,
                        max_memory: int = 4096, layers=None, batch_size: int = 32,
                        scale_images: int = 64) -> PatchMemory:
@@ -146,11 +158,10 @@ def build_patch_memory(fnet, fnet_cfg, normal_images, seed: int = 0, coreset_fra
     `fnet_cfg`) and its scale. The scale is measured on the patches of `scale_images` images (at most
     a quarter) kept out of the memory: a patch of the memory itself would be at distance 0."""
     layers = tuple(layers) if layers is not None else default_layers(fnet_cfg.arch)
-    fn = jax.jit(cached_local_feature_fn(fnet_cfg, layers))
     x = np.asarray(normal_images, np.float32)
     if len(x) < 2:
         raise AnoUnetError(f"the patch memory needs at least 2 normal images, got {len(x)}")
-    feats = map_in_batches(lambda b: fn(fnet.variables, b), x, batch_size)
+    feats = patch_features(fnet, fnet_cfg, layers, x, batch_size)
     n_probe = max(1, min(int(scale_images), len(x) // 4))
     probe = feats[len(x) - n_probe:].reshape(-1, feats.shape[-1])
     vectors = feats[:len(x) - n_probe].reshape(-1, feats.shape[-1])
