@@ -3,14 +3,22 @@
 On disk (an orbax composite checkpoint, one directory):
 
     <path>/arrays   StandardSave: {"fnet": {"params", "batch_stats"}, "center": C (D,),
-                                   "scorer": the scorer's array entries (see fnet/scores.py)}
+                                   "scorer": the scorer's array entries (see fnet/scores.py),
+                                   optional: "patch_memory", "warm_start" (U-Net parameters)}
     <path>/meta     JsonSave: {"format_version", "preset" (Preset.to_dict()), "scorer" (its numbers
-                                and strings), "fingerprint"}
+                                and strings), "fingerprint", optional: "feature_scale",
+                                "patch_memory", "warm_start" ({"method", "steps", "inner_steps"})}
+
+Warm start (issue 17, engine/warm_start.py): U-Net parameters trained once on the normal images, stored
+with the f-Net (`anounet train-fnet ... --warm-start STEPS`) so every job with fit.start=checkpoint
+begins its fits there. Optional like the other extras: a checkpoint without one (every older
+checkpoint) has the same layout and fingerprint as before and loads unchanged (warm_start None).
 
 No pickle anywhere: arrays go through orbax/tensorstore, everything else is JSON.
 
 Fingerprint. `fingerprint(...)` is a SHA-256 over every array (its tree path, dtype, shape and bytes)
-of the f-Net variables, C and the scorer state, plus the scorer's JSON scalars. It identifies the
+of the f-Net variables, C, the scorer state and the optional extras (patch memory, warm start), plus
+the scorer's JSON scalars and the extras' JSON descriptions. It identifies the
 *content* (two saves of the same trained f-Net give the same fingerprint wherever they live), so a
 resumable job can store it next to its outputs and compare with `read_checkpoint_info(path)` (which
 reads only the small JSON part) before reusing them. `load_checkpoint` recomputes it and refuses a
@@ -45,6 +53,7 @@ from anounet_jax.errors import AnoUnetError
 from anounet_jax.fnet.model import FrozenFNet, build_fnet_module
 from anounet_jax.fnet.weights import check_variables
 from anounet_jax.fnet.scores import DistanceScorer, LOFScorer, scorer_from_state
+from anounet_jax.fnet.train import TrainedFNet
 
 FORMAT_VERSION = 1
 # Preset fields that must agree between a checkpoint and the preset a run expects ("fnet" = all of it).
@@ -61,13 +70,21 @@ class Checkpoint:
     path: str
     feature_scale: float | None = None  # mean L_C of the normal training images (None: older checkpoint)
     patch_memory: object = None  # fnet.patch_memory.PatchMemory, when the f-Net was trained with one
+    warm_start: object = None  # engine.warm_start.WarmStart, when train-fnet stored one (--warm-start)
 
     @property
     def trained(self):
-        """The f-Net stage as a job uses it (`fnet.train.TrainedFNet`), restored instead of trained."""
-        from anounet_jax.fnet.train import TrainedFNet
+        """The f-Net stage as a job uses it (`fnet.train.TrainedFNet`), restored instead of trained; it
+        also carries the stored warm start (`.warm_start`, read by engine.warm_start.start_params_for)."""
+        return RestoredFNet(self.fnet, self.center, None, [], self.feature_scale, self.patch_memory,
+                            self.warm_start)
 
-        return TrainedFNet(self.fnet, self.center, None, [], self.feature_scale, self.patch_memory)
+
+@dataclasses.dataclass
+class RestoredFNet(TrainedFNet):
+    """`TrainedFNet` as a checkpoint gives it back, with the stored warm start (or None)."""
+
+    warm_start: object = None  # engine.warm_start.WarmStart
 
 
 def _ocp():
@@ -106,16 +123,21 @@ def _digest(arrays: dict, scorer_scalars: dict, extra: dict | None = None) -> st
     return h.hexdigest()
 
 
-def _extra(feature_scale, patch_memory) -> dict:
+EXTRAS = ("feature_scale", "patch_memory", "warm_start")  # optional meta entries, in the fingerprint
+
+
+def _extra(feature_scale, patch_memory, warm_start=None) -> dict:
     out = {}
     if feature_scale is not None:
         out["feature_scale"] = float(feature_scale)
     if patch_memory is not None:
         out["patch_memory"] = {"scale": float(patch_memory.scale), "layers": list(patch_memory.layers)}
+    if warm_start is not None:
+        out["warm_start"] = warm_start.describe()
     return out
 
 
-def _array_tree(fnet_variables, center, scorer, patch_memory=None) -> tuple[dict, dict]:
+def _array_tree(fnet_variables, center, scorer, patch_memory=None, warm_start=None) -> tuple[dict, dict]:
     if isinstance(fnet_variables, FrozenFNet):
         fnet_variables = fnet_variables.variables
     scorer_arrays, scorer_scalars = _split_scorer_state(scorer.state_dict())
@@ -124,19 +146,24 @@ def _array_tree(fnet_variables, center, scorer, patch_memory=None) -> tuple[dict
               "scorer": scorer_arrays}
     if patch_memory is not None:
         arrays["patch_memory"] = np.asarray(patch_memory.memory, np.float32)
+    if warm_start is not None:
+        arrays["warm_start"] = _to_numpy_tree(warm_start.params)
     return arrays, scorer_scalars
 
 
-def fingerprint(fnet_variables, center, scorer, feature_scale: float | None = None, patch_memory=None) -> str:
+def fingerprint(fnet_variables, center, scorer, feature_scale: float | None = None, patch_memory=None,
+                warm_start=None) -> str:
     """The content fingerprint `save_checkpoint` would store for these values (hex SHA-256)."""
-    return _digest(*_array_tree(fnet_variables, center, scorer, patch_memory), _extra(feature_scale, patch_memory))
+    return _digest(*_array_tree(fnet_variables, center, scorer, patch_memory, warm_start),
+                   _extra(feature_scale, patch_memory, warm_start))
 
 
 def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwrite: bool = False,
-                    feature_scale: float | None = None, patch_memory=None) -> str:
+                    feature_scale: float | None = None, patch_memory=None, warm_start=None) -> str:
     """Save f-Net variables (or a FrozenFNet), C, a fitted scorer, the feature scale (the mean L_C of
     the normal training images, `TrainedFNet.feature_scale`), the memory of normal patch features
-    (`TrainedFNet.patch_memory`, if any) and the preset as one checkpoint.
+    (`TrainedFNet.patch_memory`, if any), a warm start for the fits (`engine.warm_start.WarmStart`, if
+    any; its U-Net must be the preset's) and the preset as one checkpoint.
 
     Returns the content fingerprint. An existing `path` is an error unless overwrite=True (then it is
     replaced only once the new checkpoint is complete; see the module docstring).
@@ -145,9 +172,13 @@ def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwr
     if path.exists() and not overwrite:
         raise AnoUnetError("a checkpoint (or file) already exists here; pass overwrite=True to replace it",
                            path)
-    arrays, scorer_scalars = _array_tree(fnet_variables, center, scorer, patch_memory)
+    arrays, scorer_scalars = _array_tree(fnet_variables, center, scorer, patch_memory, warm_start)
     check_variables(preset.fnet, preset.image_size, arrays["fnet"])
-    extra = _extra(feature_scale, patch_memory)
+    if warm_start is not None:
+        from anounet_jax.engine.warm_start import check_start_shape
+
+        check_start_shape(preset.unet, preset.image_size, arrays["warm_start"])
+    extra = _extra(feature_scale, patch_memory, warm_start)
     digest = _digest(arrays, scorer_scalars, extra)
     meta = {"format_version": FORMAT_VERSION, "preset": preset.to_dict(), "scorer": scorer_scalars,
             "fingerprint": digest, **extra}
@@ -243,7 +274,7 @@ def load_checkpoint(path, expected_preset: Preset | None = None) -> Checkpoint:
     if not isinstance(arrays, dict) or not {"fnet", "center", "scorer"} <= set(arrays):
         raise AnoUnetError("checkpoint arrays are incomplete", path)
     arrays = _to_numpy_tree(arrays)
-    extra = {k: meta[k] for k in ("feature_scale", "patch_memory") if meta.get(k) is not None}
+    extra = {k: meta[k] for k in EXTRAS if meta.get(k) is not None}
     digest = _digest(arrays, meta["scorer"], extra)
     if digest != meta["fingerprint"]:
         raise AnoUnetError("checkpoint is corrupt: its arrays do not match the stored fingerprint", path)
@@ -259,6 +290,12 @@ def load_checkpoint(path, expected_preset: Preset | None = None) -> Checkpoint:
 
         memory = PatchMemory(np.asarray(arrays["patch_memory"], np.float32), extra["patch_memory"]["scale"],
                              tuple(extra["patch_memory"]["layers"]), preset.fnet)
+    warm = None
+    if "warm_start" in arrays and "warm_start" in extra:
+        from anounet_jax.engine.warm_start import WarmStart
+
+        d = extra["warm_start"]
+        warm = WarmStart(arrays["warm_start"], d["method"], int(d["steps"]), int(d.get("inner_steps", 0)))
     return Checkpoint(preset=preset, fnet=fnet, center=np.asarray(arrays["center"], np.float32),
                       scorer=scorer, fingerprint=digest, path=str(path),
-                      feature_scale=extra.get("feature_scale"), patch_memory=memory)
+                      feature_scale=extra.get("feature_scale"), patch_memory=memory, warm_start=warm)

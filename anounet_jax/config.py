@@ -66,6 +66,11 @@ class FitConfig:
     # Weight of the spatial feature term: G(x)'s local f-Net features against a memory of normal patch
     # features (engine/steps.py spatial_loss), in units of a normal patch's squared distance; 0 = off (the original).
     spatial_beta: float = 0.0
+    # Where every image's fit starts: "cold" (random U-Net parameters per image, the original) or
+    # "checkpoint" (the warm start stored in the f-Net checkpoint by `anounet train-fnet --warm-start`,
+    # engine/warm_start.py). Cold stays the default: no warm start reached it with a third of the steps
+    # (benchmarks/results/warm_start_small.md).
+    start: str = "cold"
 
 
 @dataclasses.dataclass(frozen=True)

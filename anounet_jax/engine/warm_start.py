@@ -1,18 +1,29 @@
-"""A warm start for the per-image fits: one U-Net trained once on the normal training images.
+"""Warm starts for the per-image fits: U-Net parameters trained once on the normal training images.
 
-Every test image's fit normally starts from random U-Net parameters and needs fit.steps steps. A start
-trained on the normal images with the same objective, averaged over them,
+Every test image's fit normally starts from random U-Net parameters and needs fit.steps steps. Two
+starts, both trained on the normal images with the per-image objective
+L_i(theta) = mean|x_i - G_theta(x_i)| + w * mean|f(G_theta(x_i)) - C|:
 
-    min_theta  mean_i [ mean|x_i - G_theta(x_i)| + w * mean|f(G_theta(x_i)) - C| ],
+- "shared" (`train_start`): min_theta mean_i L_i(theta), one U-Net that already reconstructs normal
+  texture;
+- "reptile" (`train_reptile_start`, first-order meta-learning, Nichol et al. 2018): the start from which
+  K steps of each image's own fit do well. Outer loop over batches of normal images; inner loop = K
+  steps of the per-image fit (the fit's optimizer and learning rate) from the current start, one copy
+  per image; outer update theta += eps * mean_i(phi_i - theta), eps annealed linearly to 0.
 
-already reconstructs normal texture; each image then fine-tunes its own copy (`Engine(...,
-start_params=...)`) for fewer steps. The risk (issue 17): a start that reconstructs everything also
-reproduces the defect, so the gain is measured with heatmap quality, not loss (benchmarks/warm_start.py).
-Each image is passed through the shared U-Net on its own (vmap, batch-1 BatchNorm statistics), as in
-the per-image fits, so the start's normalization matches what the fine-tuning sees.
+Each image then fine-tunes its own copy (`Engine(..., start_params=...)`) for fewer steps. The risk
+(issue 17): a start that reconstructs everything also reproduces the defect, so the gain is measured
+with heatmap quality, not loss (benchmarks/warm_start.py). Each image is passed through the U-Net on
+its own (vmap, batch-1 BatchNorm statistics), as in the per-image fits, so the start's normalization
+matches what the fine-tuning sees. The spatial term (fit.spatial_beta) is left out of both.
+
+Stored once per f-Net checkpoint (`anounet train-fnet ... --warm-start STEPS`, checkpoint.py) as a
+`WarmStart`; `fit.start = "checkpoint"` makes the fits start from it (`start_params_for`).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -24,21 +35,49 @@ from anounet_jax.engine.steps import make_optimizer
 from anounet_jax.errors import AnoUnetError
 from anounet_jax.models.unet import init_unet_params, unet_from_config
 
+METHODS = ("shared", "reptile")
+START_CHOICES = ("cold", "checkpoint")  # FitConfig.start
+
+
+@dataclasses.dataclass
+class WarmStart:
+    """A trained start as a checkpoint stores it: the U-Net parameters (numpy tree) and how they were
+    made (method, steps: outer steps for "reptile", inner_steps: its K; 0 for "shared")."""
+
+    params: dict
+    method: str
+    steps: int
+    inner_steps: int = 0
+
+    def describe(self) -> dict:
+        return {"method": self.method, "steps": int(self.steps), "inner_steps": int(self.inner_steps)}
+
+
+def _weight(preset, trained) -> jnp.ndarray:
+    """L_C's weight in the preset's units (fit.beta / the feature scale for lc_scale 'normal')."""
+    scale = 1.0
+    if preset.fit.lc_scale == "normal":
+        if trained.feature_scale is None:
+            raise AnoUnetError("fit.lc_scale 'normal' needs the f-Net's feature scale")
+        scale = trained.feature_scale
+    return jnp.float32(preset.fit.beta / scale)
+
+
+def _check_images(images, steps) -> np.ndarray:
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or len(images) < 1 or steps < 1:
+        raise AnoUnetError(f"a warm start needs normal images (N, H, W, 3) and steps >= 1 (got "
+                           f"{images.shape}, {steps})")
+    return images
+
 
 def train_start(preset, trained, images: np.ndarray, steps: int = 300, batch_size: int = 16,
                 lr: float = 1e-3, seed: int = 0, progress: bool = False) -> dict:
     """U-Net parameters (one set) trained on `images` (the normal training images) with the preset's
     per-image objective (L_R + beta L_C in the preset's units; the spatial term is left out).
     trained: the f-Net stage (`fnet.train.TrainedFNet`)."""
-    images = np.asarray(images, np.float32)
-    if len(images) < 1 or steps < 1:
-        raise AnoUnetError(f"a warm start needs normal images and steps >= 1 (got {len(images)}, {steps})")
-    scale = 1.0
-    if preset.fit.lc_scale == "normal":
-        if trained.feature_scale is None:
-            raise AnoUnetError("fit.lc_scale 'normal' needs the f-Net's feature scale")
-        scale = trained.feature_scale
-    weight = jnp.float32(preset.fit.beta / scale)
+    images = _check_images(images, steps)
+    weight = _weight(preset, trained)
     unet = unet_from_config(preset.unet, conv_impl="lax")
     fnet_apply, fnet_vars = trained.fnet.apply, trained.fnet.variables
     center = jnp.asarray(trained.center, jnp.float32)
@@ -65,3 +104,122 @@ def train_start(preset, trained, images: np.ndarray, steps: int = 300, batch_siz
     if not np.isfinite(float(loss)):
         raise AnoUnetError("the warm start's training diverged (non-finite loss); lower its learning rate")
     return jax.device_get(params)
+
+
+def train_reptile_start(preset, trained, images: np.ndarray, steps: int = 100, inner_steps: int = 10,
+                        batch_size: int = 8, outer_lr: float = 1.0, seed: int = 0,
+                        progress: bool = False) -> dict:
+    """U-Net parameters meta-learned with first-order Reptile on `images` (the normal training images).
+
+    steps: outer iterations; each draws batch_size images, gives every image its own copy of theta and a
+    fresh optimizer state (the preset's fit optimizer and learning rate, as `Engine(start_params=...)`
+    fits start), runs inner_steps steps of its own per-image objective, then moves
+    theta += eps_t * mean_i(phi_i - theta), eps_t = outer_lr * (1 - t / steps). An image whose inner
+    fit diverges (non-finite parameters) is left out of the mean.
+    Own jitted code (a vmap over images, the engine's "vmap_matmul" convolutions), not the engine's
+    compiled programs."""
+    images = _check_images(images, steps)
+    if inner_steps < 1 or batch_size < 1 or not outer_lr > 0:
+        raise AnoUnetError(f"Reptile needs inner_steps >= 1, batch_size >= 1, outer_lr > 0 (got "
+                           f"{inner_steps}, {batch_size}, {outer_lr})")
+    weight = _weight(preset, trained)
+    unet = unet_from_config(preset.unet, conv_impl="matmul")  # batched kernels: matmuls, not grouped convs
+    fnet_apply, fnet_vars = trained.fnet.apply, trained.fnet.variables
+    center = jnp.asarray(trained.center, jnp.float32)
+    f = preset.fit
+    tx = make_optimizer(f.optimizer, f.lr, f.momentum, preset.unet.norm == "batch")
+
+    def loss_one(p, xi):  # one image's objective, batch-1 BatchNorm statistics as in the engine
+        recon = unet.apply({"params": p}, xi[None])
+        loss_r = jnp.mean(jnp.abs(xi[None] - recon))
+        loss_c = jnp.mean(jnp.abs(fnet_apply(fnet_vars, recon) - center))
+        return loss_r + weight * loss_c
+
+    @jax.jit
+    def begin(theta, x):
+        params = jax.tree.map(lambda a: jnp.broadcast_to(a, (x.shape[0], *a.shape)), theta)
+        return params, jax.vmap(tx.init)(params)
+
+    @jax.jit
+    def inner_step(params, opt_state, x):
+        grads = jax.vmap(jax.grad(loss_one))(params, x)
+        updates, opt_state = jax.vmap(tx.update)(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    @jax.jit
+    def outer(theta, params, eps):
+        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a), axis=tuple(range(1, a.ndim)))
+                                for a in jax.tree.leaves(params)]), axis=0)  # (B,)
+        n_ok = jnp.maximum(jnp.sum(ok), 1)
+
+        def move(t, p):
+            delta = jnp.where(ok.reshape((-1,) + (1,) * t.ndim), p - t[None], 0.0)
+            return t + eps * jnp.sum(delta, axis=0) / n_ok
+
+        return jax.tree.map(move, theta, params), jnp.sum(ok)
+
+    theta = init_unet_params(unet, jax.random.PRNGKey(seed), images.shape[1:])
+    rng = np.random.default_rng(seed)
+    bs = min(int(batch_size), len(images))
+    n_ok = bs
+    for t in tqdm(range(int(steps)), desc="reptile start", unit="step", disable=not progress):
+        x = jnp.asarray(images[rng.choice(len(images), bs, replace=False)])
+        params, opt_state = begin(theta, x)
+        for _ in range(int(inner_steps)):
+            params, opt_state = inner_step(params, opt_state, x)
+        theta, n_ok = outer(theta, params, jnp.float32(outer_lr * (1.0 - t / steps)))
+    if int(n_ok) == 0 or not all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(theta)):
+        raise AnoUnetError("the Reptile start's inner fits diverged (non-finite parameters); lower the "
+                           "fit's learning rate or inner_steps")
+    return jax.device_get(theta)
+
+
+def make_start(method: str, preset, trained, images: np.ndarray, steps: int, seed: int = 0,
+               progress: bool = False, **kw) -> WarmStart:
+    """A `WarmStart` by `method` ("shared": `train_start`; "reptile": `train_reptile_start`, kw
+    inner_steps etc.), as `anounet train-fnet --warm-start STEPS` stores it."""
+    if method == "shared":
+        return WarmStart(train_start(preset, trained, images, steps=steps, seed=seed, progress=progress, **kw),
+                         "shared", int(steps))
+    if method == "reptile":
+        inner = int(kw.pop("inner_steps", 10))
+        return WarmStart(train_reptile_start(preset, trained, images, steps=steps, inner_steps=inner, seed=seed,
+                                             progress=progress, **kw), "reptile", int(steps), inner)
+    raise AnoUnetError(f"unknown warm-start method {method!r}; use one of {list(METHODS)}")
+
+
+def check_start_shape(unet_cfg, image_size: int, params) -> None:
+    """AnoUnetError unless `params` has exactly the tree, shapes and dtypes of `unet_cfg`'s U-Net."""
+    unet = unet_from_config(unet_cfg, conv_impl="lax")
+    want = jax.eval_shape(lambda: init_unet_params(unet, jax.random.PRNGKey(0), (image_size, image_size, 3)))
+    want_flat = {jax.tree_util.keystr(k): (tuple(v.shape), np.dtype(v.dtype))
+                 for k, v in jax.tree_util.tree_flatten_with_path(want)[0]}
+    try:
+        got_flat = {jax.tree_util.keystr(k): (tuple(np.shape(v)), np.asarray(v).dtype)
+                    for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    except Exception:  # not a tree of arrays
+        got_flat = {}
+    if got_flat != want_flat:
+        diff = sorted(set(got_flat.items()) ^ set(want_flat.items()))[:1]
+        raise AnoUnetError(f"the checkpoint's warm start does not fit the preset's U-Net (width "
+                           f"{unet_cfg.width}, depth {unet_cfg.depth}, norm {unet_cfg.norm}; first difference: "
+                           f"{diff[0][0] if diff else '?'}); rebuild it with `anounet train-fnet ... "
+                           f"--warm-start STEPS` and this preset's unet settings, or use fit.start=cold")
+
+
+def start_params_for(preset, trained):
+    """The start every fit of `preset` begins from: None for fit.start "cold" (random, per image), the
+    checkpoint's warm start for "checkpoint" (`trained` restored by checkpoint.load_checkpoint: its
+    `warm_start`). A clear AnoUnetError when the checkpoint has none or it does not fit the U-Net."""
+    start = getattr(preset.fit, "start", "cold")
+    if start == "cold":
+        return None
+    if start != "checkpoint":
+        raise AnoUnetError(f"unknown fit.start {start!r}; use one of {list(START_CHOICES)}")
+    ws = getattr(trained, "warm_start", None)
+    if ws is None:
+        raise AnoUnetError("fit.start=checkpoint needs a warm start stored in the f-Net checkpoint, and this "
+                           "one has none; rebuild it with `anounet train-fnet ... --warm-start STEPS`, or use "
+                           "fit.start=cold")
+    check_start_shape(preset.unet, preset.image_size, ws.params)
+    return ws.params
