@@ -85,7 +85,7 @@ def analysis(preset_name: str, formulation: str) -> dict:
     s = preset.image_size
     t = time.perf_counter()
     eng.chunk_size_for((s, s, 3))
-    m = step_memory(eng.spec, eng.mesh, (s, s, 3), eng.fnet.variables, eng.target)
+    m = step_memory(eng.spec, eng.mesh, (s, s, 3), eng.fnet.variables, eng.target, len(eng.center))
     free = free_memory()
     return {"preset": preset_name, "formulation": eng.formulation, "backend": jax.default_backend(),
             "mib_per_image": round(m.per_image / 2 ** 20, 1), "mib_fixed": round(m.fixed / 2 ** 20, 1),

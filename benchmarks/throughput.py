@@ -82,7 +82,8 @@ def step_flops(eng, images, fnet):
     eng.chunk_size_for(images.shape[1:])  # resolves the formulation
     fns = eng.programs
     params, opt = fns["init"](jax.random.split(jax.random.PRNGKey(0), len(images)), jnp.asarray(images))
-    lowered = fns["steps"].lower(params, opt, jnp.asarray(images), fnet.variables, eng.target)
+    lowered = fns["steps"].lower(params, opt, jnp.asarray(images), eng.row_centers(len(images)),
+                                 fnet.variables, eng.target)
     cost = lowered.compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost.get("flops", float("nan"))) if cost else float("nan")

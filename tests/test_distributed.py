@@ -63,11 +63,11 @@ def test_step_memory_is_measured_per_image(random_fnet):
 
     eng = _engine(random_fnet)
     args = (eng.spec, eng.mesh)
-    m = memory.step_memory(*args, (32, 32, 3), random_fnet.variables, eng.target)
+    m = memory.step_memory(*args, (32, 32, 3), random_fnet.variables, eng.target, len(eng.center))
     params, _ = eng.programs["init"](np.zeros((1, 2), np.uint32), np.zeros((1, 32, 32, 3), np.float32))
     weight_bytes = 4 * sum(a.size for a in jax.tree.leaves(params))
     assert m.per_image >= 2 * weight_bytes  # at least its parameters and their gradient
-    four = memory._step_bytes(*args, 4, (32, 32, 3), random_fnet.variables, eng.target)
+    four = memory._step_bytes(*args, 4, (32, 32, 3), random_fnet.variables, eng.target, len(eng.center))
     # measured on chunks of 1 and 2; a compiled chunk of 4 must match fixed + 4 * per_image
     assert 0.9 * four <= m.for_chunk(4) <= 1.2 * four
     assert memory.free_memory() > 0
@@ -78,7 +78,7 @@ def test_default_chunk_shrinks_to_the_free_memory(random_fnet, monkeypatch):
     eng = Engine(TINY.unet, tiny_fit(steps=3, optimizer="sgd", lr=1e-2), random_fnet,
                  np.full(8, 0.1, np.float32), formulation="vmap_matmul",
                  default_chunk=TINY.engine.chunk_size)  # no chunk_size: the default, fitted to memory
-    m = memory.step_memory(eng.spec, eng.mesh, x.shape[1:], random_fnet.variables, eng.target)
+    m = memory.step_memory(eng.spec, eng.mesh, x.shape[1:], random_fnet.variables, eng.target, len(eng.center))
     monkeypatch.setattr(memory, "free_memory", lambda device=None: int((m.fixed + 2.5 * m.per_image) * 2))
     assert eng.chunk_size == TINY.engine.chunk_size and eng.chunk_size_for(x.shape[1:]) == 2
     res = eng.fit(x, seed=4)

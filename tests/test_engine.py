@@ -3,7 +3,7 @@ import pytest
 
 from anounet_jax import AnoUnetError
 from anounet_jax.config import TINY
-from anounet_jax.engine.fit import FORMULATIONS, Engine
+from anounet_jax.engine.fit import FORMULATIONS, Engine, FitResult
 from tests.conftest import tiny_fit
 
 # Tolerance: batch sizes and formulations change the order of float additions (a vmapped conv is a
@@ -137,10 +137,10 @@ def test_measure_picks_the_fastest_candidate_and_remembers_it(random_fnet, monke
     monkeypatch.setattr(fit_module, "_MEASURED_CHOICE", {})
     real = Engine._fit_group
 
-    def fit_group(self, images, keys):
+    def fit_group(self, images, keys, centers):
         if self.formulation == slow:
             time.sleep(0.05 * self.fit_cfg.steps)
-        return real(self, images, keys)
+        return real(self, images, keys, centers)
 
     monkeypatch.setattr(Engine, "_fit_group", fit_group)
     fit = tiny_fit(steps=3, optimizer="sgd", lr=1e-2)
@@ -167,7 +167,8 @@ def test_the_losses_are_the_papers_and_beta_weights_the_f_net_term(random_fnet):
     eng = _engine(random_fnet, beta=2.5)
     keys = np.asarray(jax.random.split(jax.random.PRNGKey(0), 3))
     params, _ = jax.jit(lambda k, x: steps.init(eng.spec, k, x))(keys, x)
-    total, (recon, loss_r, loss_c) = steps.losses(eng.spec, params, x, random_fnet.variables, eng.target)
+    total, (recon, loss_r, loss_c) = steps.losses(eng.spec, params, x, eng.row_centers(len(x)),
+                                                  random_fnet.variables, eng.target)
     recon = np.asarray(recon)
     np.testing.assert_allclose(loss_r, np.abs(x - recon).mean((1, 2, 3)), rtol=1e-5)
     feats = np.asarray(random_fnet.apply(random_fnet.variables, recon))
@@ -176,12 +177,32 @@ def test_the_losses_are_the_papers_and_beta_weights_the_f_net_term(random_fnet):
     # a feature scale divides L_C (lc_scale "normal"): beta is then in units of a normal image's L_C
     scaled = Engine(TINY.unet, eng.fit_cfg, random_fnet, eng.center, formulation="vmap_matmul",
                     feature_scale=5.0)
-    total5 = steps.losses(scaled.spec, params, x, random_fnet.variables, scaled.target)[0]
+    total5 = steps.losses(scaled.spec, params, x, scaled.row_centers(len(x)), random_fnet.variables,
+                          scaled.target)[0]
     np.testing.assert_allclose(total5, loss_r + 0.5 * loss_c, rtol=1e-6)
     plain = _engine(random_fnet, optimizer="sgd", lr=1e-2, beta=0.0).fit(x, seed=1)
     pulled = _engine(random_fnet, optimizer="sgd", lr=1e-2, beta=50.0).fit(x, seed=1)
     assert np.abs(plain.recon - pulled.recon).max() > 20 * CROSS_FORMULATION_ATOL
     assert pulled.loss_c.mean() < plain.loss_c.mean()  # the f-Net term pulls f(G(x)) toward C
+
+
+def test_per_image_centers_equal_one_engine_per_center(random_fnet):
+    """Each row's own C (a tile position's center) gives that image exactly the fit of an engine whose
+    one C is that row, whatever the chunking; and the centers matter (they are not ignored)."""
+    x = _images(3)
+    rng = np.random.default_rng(5)
+    centers = rng.normal(0.0, 0.5, (3, 8)).astype(np.float32)
+    eng = _engine(random_fnet, beta=5.0, chunk_size=2)
+    together = FitResult.concatenate([r for _, r in eng.iter_fit([(np.arange(3), x, centers)], seed=3)])
+    for i in range(3):
+        alone = Engine(TINY.unet, eng.fit_cfg, random_fnet, centers[i], formulation="vmap_matmul",
+                       chunk_size=1).fit_chunk(x[i:i + 1], np.array([i]), seed=3)
+        np.testing.assert_allclose(together.recon[i], alone.recon[0], atol=CROSS_FORMULATION_ATOL)
+        np.testing.assert_allclose(together.loss_c[i], alone.loss_c[0], rtol=1e-4)
+    shared = eng.fit(x, seed=3)  # the engine's own C (zeros) on every row
+    assert np.abs(shared.recon - together.recon).max() > 20 * CROSS_FORMULATION_ATOL
+    with pytest.raises(AnoUnetError, match="per-image centers must be"):
+        eng.fit_chunk(x[:2], np.arange(2), centers=centers[:1])
 
 
 def test_bfloat16_compute_stays_close_to_float32(random_fnet):

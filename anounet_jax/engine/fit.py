@@ -106,12 +106,16 @@ class Engine:
                  start_params=None):
         self.unet_cfg, self.fit_cfg = unet_cfg, fit_cfg
         self.fnet = fnet
-        self.center = jnp.asarray(center, jnp.float32)
+        self.center = np.asarray(center, np.float32)
+        if self.center.ndim != 1:
+            raise AnoUnetError(f"C must be one feature vector (D,), got shape {self.center.shape}; per-image "
+                               f"centers go with the images (fit_chunk(..., centers=...))")
         if not (np.isfinite(feature_scale) and feature_scale > 0):
             raise AnoUnetError(f"feature_scale must be a positive number, got {feature_scale!r}")
         self.feature_scale = float(feature_scale)
-        # L_C's weight and target, run-time arguments of the compiled step (engine/steps.py)
-        self.target = {"center": self.center, "weight": jnp.float32(fit_cfg.beta / self.feature_scale)}
+        # L_C's weight (and the spatial term's), run-time arguments of the compiled step (engine/steps.py);
+        # C goes per image with the images (`row_centers`)
+        self.target = {"weight": jnp.float32(fit_cfg.beta / self.feature_scale)}
         self.patch_memory = patch_memory
         self.start_params = start_params  # a warm start for every fit (engine/warm_start.py); None: cold
         if getattr(fit_cfg, "spatial_beta", 0.0) > 0:
@@ -200,12 +204,23 @@ class Engine:
                 free = memory.free_memory(self.devices[0])
                 if self.devices[0].platform == "cpu":  # CPU devices share the host's memory
                     free //= n_dev
-                mem = memory.step_memory(self.spec, self.mesh, shape, self.fnet.variables, self.target)
+                mem = memory.step_memory(self.spec, self.mesh, shape, self.fnet.variables, self.target,
+                                         len(self.center))
                 size = memory.chunk_for_memory(mem, free, self.chunk_size, n_dev)
             self._chunks[shape] = size
         return self._chunks[shape]
 
-    def _fit_group(self, images: np.ndarray, keys: np.ndarray):
+    def row_centers(self, n: int, centers=None) -> np.ndarray:
+        """float32 (n, D): each image's C, the engine's one C on every row unless `centers` gives them."""
+        if centers is None:
+            return np.broadcast_to(self.center, (n, len(self.center)))
+        centers = np.asarray(centers, np.float32)
+        if centers.shape != (n, len(self.center)):
+            raise AnoUnetError(f"per-image centers must be ({n}, {len(self.center)}) (one f-Net feature per "
+                               f"image), got {centers.shape}")
+        return centers
+
+    def _fit_group(self, images: np.ndarray, keys: np.ndarray, centers: np.ndarray):
         """Dispatch one program-sized group (every call asynchronous); returns device arrays."""
         fns = self.programs
         if self._placed is None:
@@ -215,37 +230,42 @@ class Engine:
                 self._start = jax.device_put(self.start_params, fns["replicated"])
         x = jax.device_put(images, fns["images"])
         keys = jax.device_put(keys, fns["images"])
+        c = jax.device_put(centers, fns["images"])
         if self.start_params is None:
             params, opt_state = fns["init"](keys, x)
         else:
             params, opt_state = fns["init_from"](keys, x, self._start)
         for _ in range(self.fit_cfg.steps // self.steps_per_call):
-            params, opt_state = fns["steps"](params, opt_state, x, *self._placed)
-        return fns["evaluate"](params, x, *self._placed)
+            params, opt_state = fns["steps"](params, opt_state, x, c, *self._placed)
+        return fns["evaluate"](params, x, c, *self._placed)
 
-    def fit_chunk(self, images: np.ndarray, indices: np.ndarray, seed: int = 0) -> FitResult:
-        """Fit up to chunk_size images; `indices` are their global positions (they pick the PRNG keys)."""
+    def fit_chunk(self, images: np.ndarray, indices: np.ndarray, seed: int = 0, centers=None) -> FitResult:
+        """Fit up to chunk_size images; `indices` are their global positions (they pick the PRNG keys);
+        centers: (n, D) each image's own C (e.g. its tile position's), None: the engine's C."""
         images = np.asarray(images, np.float32)
         n = len(images)
         chunk = self.chunk_size_for(images.shape[1:])
         if n > chunk:
             raise AnoUnetError(f"chunk of {n} images exceeds the chunk size {chunk}")
         keys = image_keys(seed, indices)
+        centers = self.row_centers(n, centers)
         group = self.group_size(chunk)
         # fixed shapes (padded groups): one compilation for every chunk
-        outs = [self._fit_group(pad_rows(images[g:g + group], group),
-                                pad_keys(keys[g:g + group], group)) for g in range(0, n, group)]
+        outs = [self._fit_group(pad_rows(images[g:g + group], group), pad_keys(keys[g:g + group], group),
+                                pad_rows(centers[g:g + group], group)) for g in range(0, n, group)]
         recon, loss_r, loss_c = (np.concatenate([np.asarray(o[k]) for o in outs])[:n] for k in range(3))
         return _result(images, recon, loss_r, loss_c)
 
-    def iter_fit(self, chunks: Iterable[tuple[np.ndarray, np.ndarray]], seed: int = 0
-                 ) -> Iterator[tuple[np.ndarray, FitResult]]:
-        """Stream (indices, images) chunks of any size; yields (indices, result) per chunk-size piece."""
-        for indices, images in chunks:
+    def iter_fit(self, chunks: Iterable[tuple], seed: int = 0) -> Iterator[tuple[np.ndarray, FitResult]]:
+        """Stream (indices, images) or (indices, images, centers) chunks of any size; yields (indices,
+        result) per chunk-size piece."""
+        for indices, images, *rest in chunks:
+            centers = rest[0] if rest else None
             c = self.chunk_size_for(np.shape(images)[1:])
             for s in range(0, len(images), c):
                 idx = np.asarray(indices[s:s + c])
-                yield idx, self.fit_chunk(images[s:s + c], idx, seed)
+                yield idx, self.fit_chunk(images[s:s + c], idx, seed,
+                                          None if centers is None else centers[s:s + c])
 
     def fit(self, images: np.ndarray, seed: int = 0, progress: bool = False, desc: str = "Ano-Unet"
             ) -> FitResult:

@@ -34,12 +34,13 @@ class StepMemory:
 _MEASURED: dict = {}
 
 
-def _step_bytes(spec, mesh, n: int, image_shape, fnet_vars, target) -> int:
+def _step_bytes(spec, mesh, n: int, image_shape, fnet_vars, target, center_dim: int) -> int:
     fns = programs(spec, mesh)
     x = jax.ShapeDtypeStruct((n, *image_shape), jnp.float32)
     keys = jax.ShapeDtypeStruct((n, 2), jnp.uint32)
+    center = jax.ShapeDtypeStruct((n, center_dim), jnp.float32)
     params, opt = jax.eval_shape(fns["init"], keys, x)
-    compiled = fns["steps"].lower(params, opt, x, fnet_vars, target).compile()
+    compiled = fns["steps"].lower(params, opt, x, center, fnet_vars, target).compile()
     m = compiled.memory_analysis()
     if m is None:
         raise AnoUnetError(f"the {jax.default_backend()} backend gives no memory analysis")
@@ -47,15 +48,15 @@ def _step_bytes(spec, mesh, n: int, image_shape, fnet_vars, target) -> int:
                + m.temp_size_in_bytes)
 
 
-def step_memory(spec, mesh, image_shape, fnet_vars, target) -> StepMemory:
+def step_memory(spec, mesh, image_shape, fnet_vars, target, center_dim: int) -> StepMemory:
     """Bytes of one fit step on one device, per image in flight there and fixed, measured (compiles
     two shapes, cached). The chunk is split over the mesh's devices, so XLA's analysis of the
     per-device program is per device: chunks of 1 and 2 images per device are compared."""
     key = (spec, mesh, tuple(image_shape))
     if key not in _MEASURED:
         d = mesh.devices.size
-        one = _step_bytes(spec, mesh, d, image_shape, fnet_vars, target)
-        two = _step_bytes(spec, mesh, 2 * d, image_shape, fnet_vars, target)
+        one = _step_bytes(spec, mesh, d, image_shape, fnet_vars, target, center_dim)
+        two = _step_bytes(spec, mesh, 2 * d, image_shape, fnet_vars, target, center_dim)
         per = max(two - one, 1)
         _MEASURED[key] = StepMemory(per_image=per, fixed=max(one - per, 0))
     return _MEASURED[key]

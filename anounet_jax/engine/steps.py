@@ -2,9 +2,10 @@
 
     L_i = L_R + w * L_C,   L_R = mean|x_i - G_i(x_i)|,   L_C = mean|f(G_i(x_i)) - C|,   w = beta / scale
 
-`target = {"center": C, "weight": w}` is a run-time argument (scale is 1 for the original's raw L_C,
-or the typical L_C of a normal image, FitConfig.lc_scale): a beta sweep or a new f-Net reuses the
-compiled programs.
+`target = {"weight": w}` is a run-time argument (scale is 1 for the original's raw L_C, or the typical
+L_C of a normal image, FitConfig.lc_scale), and so is C, given per image (`center`, (N, D): the one
+global C on every row, or a tile position's own center, data/tiling.py): a beta sweep, a new f-Net or
+new centers reuse the compiled programs.
 
 Every image has its own U-Net parameters and optimizer state (a leading image axis on every leaf).
 The gradient of the sum of per-image losses with respect to image i's parameters is exactly dL_i
@@ -88,12 +89,13 @@ def _over_images(spec: StepSpec, fn):
     return unrolled
 
 
-def losses(spec: StepSpec, params, x, fnet_vars, target):
-    """Per-image (L, (recon, L_R, L_C)), each (N,) (recon (N, H, W, 3)); L_C in the f-Net's raw units."""
+def losses(spec: StepSpec, params, x, center, fnet_vars, target):
+    """Per-image (L, (recon, L_R, L_C)), each (N,) (recon (N, H, W, 3)); L_C in the f-Net's raw units,
+    against each image's own center row (center (N, D))."""
     recon = _over_images(spec, lambda p, xi: spec.unet.apply({"params": p}, xi[None])[0])(params, x)
     loss_r = jnp.mean(jnp.abs(x - recon), axis=(1, 2, 3))
     feat = spec.fnet_apply(fnet_vars, recon.astype(jnp.float32))
-    loss_c = jnp.mean(jnp.abs(feat - target["center"]), axis=-1)
+    loss_c = jnp.mean(jnp.abs(feat - center), axis=-1)
     total = loss_r + target["weight"] * loss_c
     if spec.local_apply is not None:
         total = total + target["spatial_weight"] * spatial_loss(spec, recon, fnet_vars, target)
@@ -133,21 +135,21 @@ def init_from(spec: StepSpec, keys, x, start):
     return jax.vmap(lambda key, xi: (start, tx.init(start)))(keys, x)
 
 
-def train_steps(spec: StepSpec, params, opt_state, x, fnet_vars, target):
+def train_steps(spec: StepSpec, params, opt_state, x, center, fnet_vars, target):
     """spec.steps_per_call optimizer steps of every image's own fit."""
     tx = _tx(spec)
     for _ in range(spec.steps_per_call):
         # d(sum_j L_j)/d params_i = dL_i/d params_i, and the cotangent of a sum is 1 whatever the
         # values: a NaN loss cannot reach another image
-        grads = jax.grad(lambda p: jnp.sum(losses(spec, p, x, fnet_vars, target)[0]))(params)
+        grads = jax.grad(lambda p: jnp.sum(losses(spec, p, x, center, fnet_vars, target)[0]))(params)
         updates, opt_state = jax.vmap(tx.update)(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
     return params, opt_state
 
 
-def evaluate(spec: StepSpec, params, x, fnet_vars, target):
+def evaluate(spec: StepSpec, params, x, center, fnet_vars, target):
     """(recon, L_R, L_C) of the current parameters."""
-    return losses(spec, params, x, fnet_vars, target)[1]
+    return losses(spec, params, x, center, fnet_vars, target)[1]
 
 
 @functools.lru_cache(maxsize=64)
@@ -163,7 +165,7 @@ def programs(spec: StepSpec, mesh: Mesh) -> dict:
     return dict(
         init=jax.jit(per_device(init, (img, img), (img, img))),
         init_from=jax.jit(per_device(init_from, (img, img, rep), (img, img))),
-        steps=jax.jit(per_device(train_steps, (img, img, img, rep, rep), (img, img)), donate_argnums=(0, 1)),
-        evaluate=jax.jit(per_device(evaluate, (img, img, rep, rep), (img, img, img))),
+        steps=jax.jit(per_device(train_steps, (img, img, img, img, rep, rep), (img, img)), donate_argnums=(0, 1)),
+        evaluate=jax.jit(per_device(evaluate, (img, img, img, rep, rep), (img, img, img))),
         images=NamedSharding(mesh, img), replicated=NamedSharding(mesh, rep),
     )
