@@ -234,6 +234,36 @@ def read_mask(path: str | os.PathLike, size: Size = None) -> tuple[np.ndarray, t
     return resize_mask(mask, hw), orig
 
 
+def read_pixels(path: str | os.PathLike) -> np.ndarray:
+    """One image file's pixels at its own size in the narrowest type that holds them: uint8 (H, W, 3)
+    for 8-bit images, uint16 (H, W, 3) for 16-bit grayscale (grayscale as a read-only broadcast view
+    of one plane: 1 or 2 bytes per pixel), float32 otherwise (mode "I"). `tiling.float_pixels` of
+    it, or of any band of its rows, is exactly `load_image(path)` (the same conversions), so a large
+    image can be kept at its file's bytes per pixel and converted where it is used. Same errors as
+    `load_image`."""
+    path = Path(path)
+    img = _open_loaded(path)
+    try:
+        mode = img.mode
+        if mode in _SIXTEEN_BIT:
+            gray = np.asarray(img).astype(np.uint16, copy=False)
+            return np.broadcast_to(gray[:, :, None], (*gray.shape, 3))
+        if mode in ("L", "1"):
+            gray = np.asarray(img.convert("L"))
+            return np.broadcast_to(gray[:, :, None], (*gray.shape, 3))
+        if mode in _WITH_ALPHA or (mode == "P" and "transparency" in img.info):
+            return np.asarray(_over_black(img))
+        if mode == "P" or mode in _TO_RGB:
+            return np.asarray(img if mode == "RGB" else img.convert("RGB"))
+        return _to_float_rgb(img, None, path)  # mode "I" (float32), or the unsupported-mode error
+    except AnoUnetError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise AnoUnetError(f"cannot convert image ({type(e).__name__}: {e})", path) from None
+    finally:
+        img.close()
+
+
 def load_mask(path: str | os.PathLike, size: Size = None) -> np.ndarray:
     """Read a ground-truth mask as bool ``(H, W)``: nonzero = defect; resized with ``NEAREST``."""
     return read_mask(path, size)[0]

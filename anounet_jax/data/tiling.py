@@ -32,6 +32,13 @@ the chunk of tiles, ONE image accumulator (the image whose tiles continue into t
 floats for the map and, with recon, 3 more per pixel, plus the weights) and the pixels of the images
 that have tiles in the current chunk. No image ever has all its tiles, tile maps or U-Nets in memory.
 
+Banded stitching (`TileStream(..., bands=...)`, `BandAccumulator`). Tiles go out in row-major order,
+so once the last tile of tile row r is back, the pixel rows above tile row r + 1's start are final:
+they are divided and handed to the image's sink as a band, and the accumulator keeps only the T rows
+(one tile row) still open instead of the whole image. The bands hold exactly the values of the whole
+image's stitch. Pixels may be kept as uint8 / uint16 (`float_pixels` converts each tile as it is
+cut), so an image costs its file's bytes per pixel, not 12.
+
 Diverged tiles. A tile whose fit went non-finite (`FitResult.diverged`) is left out of the weighted
 sums, so it changes no neighbour, and is reported as a `DivergedTile` (image, tile row / column,
 pixel box). Pixels that only diverged tiles cover are **NaN** in the stitched map (not filled from
@@ -200,6 +207,18 @@ def cut(image: np.ndarray, grid: TileGrid, start: int = 0, stop: int | None = No
     return out
 
 
+def float_pixels(pixels: np.ndarray) -> np.ndarray:
+    """float32 pixels in [0, 1] from an image's stored pixels, exactly as `data.io.load_image` converts
+    them: uint8 * (1 / 255), uint16 * (1 / 65535) clipped to [0, 1], anything else as float32. Lets an
+    image be kept in its 1 or 2 bytes per value and converted one tile or row band at a time."""
+    a = np.asarray(pixels)
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) * np.float32(1.0 / 255.0)
+    if a.dtype.kind == "u" and a.dtype.itemsize == 2:
+        return np.clip(a.astype(np.float32) * np.float32(1.0 / 65535.0), 0.0, 1.0)
+    return np.asarray(a, np.float32)
+
+
 def window(tile: int, floor: float = WINDOW_FLOOR) -> np.ndarray:
     """float32 (T, T): the stitching weight of each tile pixel (separable Hann with a floor)."""
     t = (np.arange(tile, dtype=np.float64) + 0.5) / tile
@@ -218,6 +237,7 @@ class Accumulator:
         self.num = np.zeros((ph, pw), np.float32)
         self.den = np.zeros((ph, pw), np.float32)
         self.rnum = np.zeros((ph, pw, channels), np.float32) if channels else None
+        self.rows = ph  # pixel rows held
 
     def add(self, k: int, heat: np.ndarray, recon: np.ndarray | None = None) -> None:
         y, x = self.grid.corner(k)
@@ -244,6 +264,67 @@ class Accumulator:
         return heat, recon
 
 
+class BandAccumulator:
+    """`Accumulator` for tiles that come back in row-major order, holding one tile row of pixels.
+
+    Once the last tile of tile row r is added, no later tile covers the pixel rows above the next tile
+    row's start ys[r + 1] (the image's bottom after the last row): `row_done(r)` divides those rows
+    exactly as `Accumulator.result` does (the same float32 sums, added in the same tile order) and
+    returns them as a band, then shifts the buffer so that it starts at ys[r + 1]. The buffer is T
+    (tile) rows high: the rows tile row r + 1 adds to, [ys[r + 1], ys[r + 1] + T), include what is left
+    open of row r. Tiles must be added in tile order (`add` refuses a tile outside the buffer)."""
+
+    def __init__(self, grid: TileGrid, channels: int = 0, floor: float = WINDOW_FLOOR):
+        self.grid = grid
+        self.weight = window(grid.tile, floor)
+        t, pw = grid.tile, grid.padded_hw[1]
+        self.rows = t  # pixel rows held
+        self.top = 0  # image row of buffer row 0; rows above it were returned by row_done
+        self.num = np.zeros((t, pw), np.float32)
+        self.den = np.zeros((t, pw), np.float32)
+        self.rnum = np.zeros((t, pw, channels), np.float32) if channels else None
+
+    def add(self, k: int, heat: np.ndarray, recon: np.ndarray | None = None) -> None:
+        y, x = self.grid.corner(k)
+        y -= self.top
+        t = self.grid.tile
+        if y < 0 or y + t > self.rows:
+            raise AssertionError(f"tile {k} (rows {y + self.top}..{y + self.top + t - 1}) is outside the open "
+                                 f"rows {self.top}..{self.top + self.rows - 1}: tiles out of order")
+        self.num[y:y + t, x:x + t] += self.weight * heat
+        self.den[y:y + t, x:x + t] += self.weight
+        if self.rnum is not None:
+            self.rnum[y:y + t, x:x + t] += self.weight[:, :, None] * recon
+
+    def row_done(self, r: int) -> tuple[int, np.ndarray, np.ndarray | None] | None:
+        """(y0, heat (n, W), recon (n, W, C) or None): the image rows y0..y0+n-1 that tile row r made
+        final (NaN where no tile was added; padding cropped), or None when they are all padding."""
+        g = self.grid
+        last = r + 1 >= g.rows
+        stop = g.padded_hw[0] if last else g.ys[r + 1]
+        n = stop - self.top
+        y0, keep = self.top, min(stop, g.height) - self.top
+        band = None
+        if keep > 0:
+            w = g.width
+            den = self.den[:keep, :w]
+            covered = den > 0
+            heat = np.full((keep, w), np.nan, np.float32)
+            np.divide(self.num[:keep, :w], den, out=heat, where=covered)
+            recon = None
+            if self.rnum is not None:
+                recon = np.full((keep, w, self.rnum.shape[2]), np.nan, np.float32)
+                np.divide(self.rnum[:keep, :w], den[:, :, None], out=recon, where=covered[:, :, None])
+            band = (y0, heat, recon)
+        if not last:  # shift the open rows to the top of the buffer
+            for a in (self.num, self.den, self.rnum):
+                if a is not None:
+                    a[:self.rows - n] = a[n:]
+                    a[self.rows - n:] = 0
+        self.top = stop
+        return band
+
+
 def stitch(maps: np.ndarray, grid: TileGrid, valid: np.ndarray | None = None,
            floor: float = WINDOW_FLOOR) -> np.ndarray:
     """Eager stitching: tile maps (n_tiles, T, T[, C]) -> (H, W[, C]); `valid` (n_tiles,) bool leaves
@@ -266,8 +347,8 @@ def stitch(maps: np.ndarray, grid: TileGrid, valid: np.ndarray | None = None,
 # ---------------------------------------------------------------------------------------- streaming
 @dataclasses.dataclass
 class TiledImage:
-    """One image for the tile stream. image: (H, W, C) float32, the pixels the tiles are cut from (already
-    scaled); grid: its TileGrid; first_index: global index of its tile 0 (None: the running counter);
+    """One image for the tile stream. image: (H, W, C), the pixels the tiles are cut from (already scaled):
+    float32 in [0, 1], or uint8 / uint16 converted one tile at a time by `float_pixels`; grid: its TileGrid; first_index: global index of its tile 0 (None: the running counter);
     key / payload: anything the caller wants back with the stitched map (an id, the native image)."""
 
     key: Any
@@ -302,6 +383,7 @@ class StitchedImage:
     loss_r: float
     loss_c: float
     diverged: list[DivergedTile]
+    sink: Any = None  # banded stream: the image's sink, which got its rows (heatmap and recon are None)
 
     @property
     def key(self):
@@ -317,12 +399,13 @@ class StitchedImage:
 
 
 class _Entry:
-    __slots__ = ("item", "first", "received", "acc", "sums", "diverged")
+    __slots__ = ("item", "first", "received", "acc", "sums", "diverged", "sink")
 
     def __init__(self, item: TiledImage, first: int):
         self.item, self.first = item, first
         self.received = 0
         self.acc = None
+        self.sink = None
         self.sums = [0.0, 0.0, 0]  # loss_r, loss_c, healthy tiles
         self.diverged: list[DivergedTile] = []
 
@@ -338,12 +421,23 @@ class TileStream:
 
     `images` is consumed lazily: the next image is only taken when a chunk needs its tiles. Chunks
     hold exactly `chunk_size` tiles (the last fewer). recon: also stitch the reconstructions.
-    Counters for tests and benchmarks: live_accumulators / max_live_accumulators, max_in_flight
-    (images with tiles out), cut_seconds, stitch_seconds.
+
+    Banded (`bands`, a function TiledImage -> sink): an image is stitched in row bands instead of
+    whole. Each image gets a `BandAccumulator` (one tile row of pixels, not the image) and a sink,
+    `bands(item)`; as soon as the last tile of a tile row is back, the pixel rows it made final go to
+    `sink.band(y0, heat, recon)` (heat float32 (n, W) with NaN holes, recon (n, W, C) or None), in
+    order, covering rows 0..H-1 exactly once, the same values `Accumulator.result` gives. The emitted
+    StitchedImage then has heatmap = recon = None and `sink` set. Rows are sent even when every tile
+    of the image diverged (all NaN): the sink learns that from the StitchedImage.
+
+    Counters for tests and benchmarks: live_accumulators / max_live_accumulators, max_accumulator_rows
+    (pixel rows held by the largest accumulator), max_in_flight (images with tiles out), cut_seconds,
+    stitch_seconds, sink_seconds (time in the sinks' band calls, not in stitch_seconds).
     """
 
     def __init__(self, images: Iterable[TiledImage], chunk_size: int, recon: bool = True,
-                 floor: float = WINDOW_FLOOR, first_index: int = 0):
+                 floor: float = WINDOW_FLOOR, first_index: int = 0,
+                 bands: Callable[[TiledImage], Any] | None = None):
         if int(chunk_size) <= 0:
             raise AnoUnetError(f"chunk size must be positive, got {chunk_size}")
         self._images = iter(images)
@@ -353,9 +447,11 @@ class TileStream:
         self._counter = int(first_index)
         self._sent: deque = deque()  # (entry, k) per tile sent and not yet back, in order
         self._entries: deque = deque()  # images with tiles out or still to be cut, in order
+        self.bands = bands
         self.live_accumulators = self.max_live_accumulators = 0
+        self.max_accumulator_rows = 0
         self.max_in_flight = 0
-        self.cut_seconds = self.stitch_seconds = 0.0
+        self.cut_seconds = self.stitch_seconds = self.sink_seconds = 0.0
         self.images_emitted = 0
 
     # -- cutting
@@ -386,7 +482,7 @@ class TileStream:
                     entry, k = self._next_entry(), 0
                     if entry is None:
                         break
-                    padded = pad_to_grid(np.asarray(entry.item.image, np.float32), entry.item.grid)
+                    padded = pad_to_grid(np.asarray(entry.item.image), entry.item.grid)
                     tile = entry.item.grid.tile
                     if parts and parts[0].shape[1:] != (tile, tile, padded.shape[2]):
                         raise AnoUnetError(f"image {entry.item.key!r} is cut into {tile}x{tile} tiles, "
@@ -395,7 +491,7 @@ class TileStream:
                 block = np.empty((take, tile, tile, padded.shape[2]), np.float32)
                 for j in range(take):
                     y, x = entry.item.grid.corner(k + j)
-                    block[j] = padded[y:y + tile, x:x + tile]
+                    block[j] = float_pixels(padded[y:y + tile, x:x + tile])
                     self._sent.append((entry, k + j))
                 idx.extend(range(entry.first + k, entry.first + k + take))
                 parts.append(block)
@@ -420,18 +516,25 @@ class TileStream:
             if entry.first + k != g:
                 raise AssertionError(f"results out of order: got tile index {g}, expected {entry.first + k}")
             grid = entry.item.grid
-            if bool(result.diverged[j]):
+            healthy = not bool(result.diverged[j])
+            if entry.acc is None and (healthy or self.bands is not None):
+                self._open(entry)
+            if not healthy:
                 r, c = grid.position(k)
                 entry.diverged.append(DivergedTile(entry.item.key, r, c, grid.box(k), g))
             else:
-                if entry.acc is None:
-                    entry.acc = Accumulator(grid, 3 if self.recon else 0, self.floor)
-                    self.live_accumulators += 1
-                    self.max_live_accumulators = max(self.max_live_accumulators, self.live_accumulators)
                 entry.acc.add(k, result.heatmap[j], result.recon[j] if self.recon else None)
                 entry.sums[0] += float(result.loss_r[j])
                 entry.sums[1] += float(result.loss_c[j])
                 entry.sums[2] += 1
+            if self.bands is not None and (k + 1) % grid.cols == 0:  # tile row k // cols is complete
+                band = entry.acc.row_done(k // grid.cols)
+                if band is not None:
+                    t1 = time.perf_counter()
+                    entry.sink.band(*band)
+                    t2 = time.perf_counter()
+                    self.sink_seconds += t2 - t1
+                    t0 += t2 - t1
             entry.received += 1
             if entry.received == grid.n_tiles:
                 if self._entries[0] is not entry:
@@ -444,16 +547,28 @@ class TileStream:
                 t0 = time.perf_counter()
         self.stitch_seconds += time.perf_counter() - t0
 
+    def _open(self, entry: _Entry) -> None:
+        grid, channels = entry.item.grid, 3 if self.recon else 0
+        if self.bands is not None:
+            entry.acc = BandAccumulator(grid, channels, self.floor)
+            entry.sink = self.bands(entry.item)
+        else:
+            entry.acc = Accumulator(grid, channels, self.floor)
+        self.live_accumulators += 1
+        self.max_live_accumulators = max(self.max_live_accumulators, self.live_accumulators)
+        self.max_accumulator_rows = max(self.max_accumulator_rows, entry.acc.rows)
+
     def _finish(self, entry: _Entry) -> StitchedImage:
         heat = recon = None
         if entry.acc is not None:
-            heat, recon = entry.acc.result()
+            if self.bands is None:
+                heat, recon = entry.acc.result()
             entry.acc = None
             self.live_accumulators -= 1
         n = entry.sums[2]
         lr, lc = (entry.sums[0] / n, entry.sums[1] / n) if n else (float("nan"), float("nan"))
         self.images_emitted += 1
-        return StitchedImage(entry.item, heat, recon, lr, lc, entry.diverged)
+        return StitchedImage(entry.item, heat, recon, lr, lc, entry.diverged, entry.sink)
 
     def close(self) -> None:
         """Check that every tile sent came back (a stream abandoned half-way raises)."""

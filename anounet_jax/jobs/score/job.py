@@ -26,6 +26,14 @@ Output folder (OUT):
 <file> is the image's path relative to the input folder (with its extension), so maps of
 `a/b.png` are at `maps/a/b.png.npz`.
 
+Memory (tiled). An image's pixels are kept as its file stores them (uint8 for 8-bit files) and
+converted to float a tile or a band at a time; its map is stitched, smoothed and spilled in row bands
+as its tile rows come back (`ScoringModel.fit_tiled(bands=...)`, `_MapWriter`), so the job holds one
+tile row of sums, not H x W x 5 floats; the overlay PNG (pypng, row by row), its thumbnail and the
+map file are then written from the spills band by band. The files equal those of stitching the whole
+image (tests/test_banded_maps.py). With tiles.scale != 1 the maps are made whole (resized back to the
+native size) and only the writing is banded.
+
 Kill safety: every file is written to `<name>.tmp` and renamed into place, and a chunk counts as
 done only once its part file exists, so killing the job at any moment (SIGKILL included) and
 running the same command again redoes at most the chunk in flight (tiled: only its images without a
@@ -59,8 +67,9 @@ import numpy as np
 
 from anounet_jax.data.tiling import tile_offsets
 from anounet_jax.errors import AnoUnetError
-from anounet_jax.jobs.score.files import atomic_write, atomic_write_npz, npz_bytes, png_bytes
-from anounet_jax.jobs.score.model import (STATUS_NOT_VISUALIZED, STATUS_OK, ScoringModel, check_visualize,
+from anounet_jax.jobs.score.files import atomic_write, npz_bytes, png_bytes
+from anounet_jax.jobs.score.model import (STATUS_DIVERGED, STATUS_NOT_VISUALIZED, STATUS_OK, ScoringModel,
+                                          check_visualize,
                                           ids_digest, is_diverged, is_failure, open_score_source)
 
 JOB_FORMAT = 1
@@ -365,16 +374,149 @@ def _overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return out
 
 
-def _thumbnail(rgb: np.ndarray) -> np.ndarray | None:
-    """The overlay shrunk to THUMB pixels on its longer side (None when it is not larger)."""
-    from PIL import Image
-
-    h, w = rgb.shape[:2]
+def _thumb_size(h: int, w: int) -> tuple[int, int] | None:
+    """(width, height) of the thumbnail of an h x w overlay: THUMB pixels on its longer side (None
+    when the overlay is not larger)."""
     if max(h, w) <= THUMB:
         return None
     f = THUMB / max(h, w)
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
+    return max(1, round(w * f)), max(1, round(h * f))
+
+
+def _thumb_rows(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """First pass of the thumbnail: rows of the overlay shrunk to the thumbnail's width (Pillow's BOX
+    filter, row by row: a band gives the same rows as the whole overlay)."""
+    from PIL import Image
+
+    if rgb.shape[1] == size[0]:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size[0], rgb.shape[0]), Image.Resampling.BOX))
+
+
+def _thumb_finish(rows: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Second pass: the width-shrunk rows shrunk to the thumbnail's height (Pillow's BOX filter)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(rows).resize(size, Image.Resampling.BOX))
+
+
+def _thumbnail(rgb: np.ndarray) -> np.ndarray | None:
+    """The overlay shrunk to THUMB pixels on its longer side (None when it is not larger): Pillow's
+    BOX filter, width first, then height, so that it can be built from row bands (`_MapWriter`).
+    Pillow's one-call resize chooses the order of its two passes itself and may differ by one grey
+    level where the shrink factors are close."""
+    size = _thumb_size(*rgb.shape[:2])
+    return None if size is None else _thumb_finish(_thumb_rows(rgb, size), size)
+
+
+class _MapWriter:
+    """One tiled image's outputs (overlay, thumbnail, map file) from its maps in row bands.
+
+    A `ScoringModel.fit_tiled(bands=...)` sink: recon(y0, rows) and heat(y0, rows) spill the rows to
+    two anonymous temporary files in OUT (float16 reconstruction, float32 smoothed map; nothing is
+    left behind if the job is killed) and track the map's finite range. write() then reads them
+    back OVERLAY_BAND rows at a time: colours the overlay (`_overlay`'s range: the whole map's) and
+    streams it as PNG rows (pypng), shrinks each band to the thumbnail's width, and streams the map
+    file's entries (`atomic_write_npz`'s bytes). Same pixels and map values as the whole-image path
+    (`_overlay`, `_thumbnail`, `atomic_write_npz`) with a few bands in memory; the pixels are
+    converted to float one band at a time (`float_pixels`)."""
+
+    def __init__(self, out: Path, fid: str, pixels: np.ndarray):
+        import tempfile
+
+        self.out, self.fid, self.pixels = out, fid, pixels
+        self.h, self.w = pixels.shape[:2]
+        out.mkdir(parents=True, exist_ok=True)
+        self._heat = tempfile.TemporaryFile(dir=out, prefix=".heat-")
+        self._recon = tempfile.TemporaryFile(dir=out, prefix=".recon-")
+        self.heat_rows = self.recon_rows = 0
+        self.lo, self.hi, self.finite = np.inf, -np.inf, False
+        self.seconds = 0.0
+
+    def recon(self, y0: int, rows: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        assert y0 == self.recon_rows and rows.shape[1:] == (self.w, 3), (y0, self.recon_rows, rows.shape)
+        self._recon.write(np.ascontiguousarray(rows, np.float16).tobytes())
+        self.recon_rows += len(rows)
+        self.seconds += time.perf_counter() - t0
+
+    def heat(self, y0: int, rows: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        assert y0 == self.heat_rows and rows.shape[1:] == (self.w,), (y0, self.heat_rows, rows.shape)
+        rows = np.ascontiguousarray(rows, np.float32)
+        vals = rows[np.isfinite(rows)]
+        if vals.size:
+            self.lo, self.hi, self.finite = min(self.lo, float(vals.min())), max(self.hi, float(vals.max())), True
+        self._heat.write(rows.tobytes())
+        self.heat_rows += len(rows)
+        self.seconds += time.perf_counter() - t0
+
+    def _bands(self, f, dtype, shape):
+        f.seek(0)
+        per_row = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        for y in range(0, self.h, OVERLAY_BAND):
+            n = min(OVERLAY_BAND, self.h - y)
+            yield y, np.frombuffer(f.read(n * per_row), dtype).reshape(n, *shape)
+
+    def _overlay_rows(self, size, thumb_parts):
+        from anounet_jax.data.tiling import float_pixels
+        from anounet_jax.maps import overlay
+
+        vmax = self.hi if self.finite else 1.0
+        vmin = min(0.0, self.lo) if self.finite else 0.0
+        for y, heat in self._bands(self._heat, np.float32, (self.w,)):
+            rgb = overlay(float_pixels(self.pixels[y:y + len(heat)]), heat, vmin, vmax)
+            if size is not None:
+                thumb_parts.append(_thumb_rows(rgb, size))
+            for row in rgb:
+                yield row.tobytes()
+
+    def _npz_entry(self, zf, name, bands, shape, dtype):
+        """One .npy entry whose rows come in bands (the bytes np.lib.format.write_array writes)."""
+        from anounet_jax.jobs.score.files import open_npz_entry
+
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        with open_npz_entry(zf, name, nbytes) as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                     "fortran_order": False, "shape": shape})
+            for _, band in bands:
+                f.write(np.ascontiguousarray(band, dtype).tobytes())
+
+    def write(self, loss_r, loss_c, status: str) -> None:
+        """overlay, thumbnail, then the map file (the image's commit), each by temp file + rename."""
+        import zipfile
+
+        import png
+
+        from anounet_jax.jobs.score.files import atomic_write_with, write_npz_entry
+
+        t0 = time.perf_counter()
+        if (self.heat_rows, self.recon_rows) != (self.h, self.h):
+            raise AssertionError(f"{self.heat_rows} map and {self.recon_rows} reconstruction rows of {self.h}")
+        size = _thumb_size(self.h, self.w)
+        parts: list = []
+        writer = png.Writer(self.w, self.h, greyscale=False, bitdepth=8)
+        atomic_write_with(self.out / overlay_path(self.fid),
+                          lambda f: writer.write_packed(f, self._overlay_rows(size, parts)))
+        if size is not None:
+            atomic_write(self.out / thumb_path(self.fid), png_bytes(_thumb_finish(np.concatenate(parts), size)))
+        del parts
+        hw = (self.h, self.w)
+
+        def npz(f):
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
+                self._npz_entry(zf, "heatmap", self._bands(self._heat, np.float32, (self.w,)), hw, np.float16)
+                self._npz_entry(zf, "recon", self._bands(self._recon, np.float16, (self.w, 3)), (*hw, 3),
+                                np.float16)
+                write_npz_entry(zf, "losses", np.array([loss_r, loss_c], np.float32))
+                write_npz_entry(zf, "status", np.array([status]))
+
+        atomic_write_with(self.out / map_path(self.fid), npz)
+        self.seconds += time.perf_counter() - t0
+
+    def close(self) -> None:
+        self._heat.close()
+        self._recon.close()
 
 
 def _read_done(path: Path) -> tuple | None:
@@ -407,7 +549,7 @@ def _fit_tiled(out: Path, model: ScoringModel, ids, natives, offsets, chunk, out
         for j in todo:
             pos = int(chunk.indices[j])
             try:
-                native = natives.load(pos)
+                native = natives.load_pixels(pos)  # uint8 for 8-bit files: converted tile / band-wise
             except AnoUnetError as e:
                 fits[j] = (None, None, e.problem)
                 continue
@@ -425,19 +567,16 @@ def _fit_tiled(out: Path, model: ScoringModel, ids, natives, offsets, chunk, out
         if bar is not None:
             bar.set_postfix_str(f"{tiles[0]} tiles", refresh=False)
 
-    for m in model.fit_tiled(items(), on_tiles):
+    def writer(item):
+        return _MapWriter(out, ids[item.key[1]], item.payload)
+
+    for m in model.fit_tiled(items(), on_tiles, bands=writer):
         j, pos = m.key
-        fid = ids[pos]
-        if m.heatmap is not None:
-            rgb = _overlay(m.image, m.heatmap)
-            atomic_write(out / overlay_path(fid), png_bytes(rgb))
-            thumb = _thumbnail(rgb)
-            if thumb is not None:
-                atomic_write(out / thumb_path(fid), png_bytes(thumb))
-            del rgb, thumb
-            atomic_write_npz(out / map_path(fid), heatmap=m.heatmap.astype(np.float16),
-                             recon=m.recon.astype(np.float16),
-                             losses=np.array([m.loss_r, m.loss_c], np.float32), status=np.array([m.status]))
+        try:
+            if m.status != STATUS_DIVERGED:  # every tile diverged: no map (its rows were all NaN)
+                m.sink.write(m.loss_r, m.loss_c, m.status)
+        finally:
+            m.sink.close()
         fits[j] = (m.loss_r, m.loss_c, m.status)
     return fits
 

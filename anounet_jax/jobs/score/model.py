@@ -34,7 +34,7 @@ import hashlib
 import numpy as np
 
 from anounet_jax.config import Preset, get_preset
-from anounet_jax.data.tiling import TiledImage, TileSpec, resize_image, resize_map
+from anounet_jax.data.tiling import TiledImage, TileSpec, float_pixels, resize_image, resize_map
 from anounet_jax.errors import AnoUnetError
 
 VISUALIZE = ("all", "flagged", "none")
@@ -129,13 +129,14 @@ class TiledMaps:
     tiles (row r col c at y y0:y1 x x0:x1; ...)" in native pixels."""
 
     key: object
-    image: np.ndarray  # the native image (for the overlay)
+    image: np.ndarray  # the native image (for the overlay): float32, or uint8 / uint16 (tiling.float_pixels)
     heatmap: np.ndarray | None
     recon: np.ndarray | None
     loss_r: np.float32
     loss_c: np.float32
     status: str
     n_tiles: int
+    sink: object = None  # fit_tiled(bands=...): the image's sink, which got heatmap and recon in bands
 
 
 class ScoringModel:
@@ -217,20 +218,37 @@ class ScoringModel:
 
     # -------------------------------------------------------------------------------- tiling
     def tiled_image(self, key, native: np.ndarray, first_index: int) -> TiledImage:
-        """The tile stream's item for one native image (scaled first if tiles.scale != 1)."""
+        """The tile stream's item for one native image (scaled first if tiles.scale != 1). native:
+        float32 in [0, 1], or uint8 / uint16 pixels (`read_pixels`; kept as they are when not scaled,
+        converted tile by tile)."""
         spec = self.tiles
         h, w = native.shape[:2]
-        scaled = resize_image(native, spec.scaled_hw(h, w)) if spec.scale != 1.0 else native
+        scaled = resize_image(float_pixels(native), spec.scaled_hw(h, w)) if spec.scale != 1.0 else native
         return TiledImage(key, scaled, spec.grid(h, w), int(first_index), payload=native)
 
-    def fit_tiled(self, items, on_tiles=None):
+    def fit_tiled(self, items, on_tiles=None, bands=None, stream_out: list | None = None):
         """TiledMaps per item (TiledImage from `tiled_image`), in order, each as soon as its last tile
-        is fitted. on_tiles(n): called after every engine chunk of n tiles (progress)."""
+        is fitted. on_tiles(n): called after every engine chunk of n tiles (progress).
+
+        bands: a function item -> sink with `recon(y0, rows)` and `heat(y0, rows)`: the image's maps
+        then go to its sink in row bands, as soon as they are final, instead of whole (TiledMaps.heatmap
+        / recon are None, TiledMaps.sink is the sink). heat rows are float32 (n, W), smoothed, with the
+        same values `smooth_map` of the whole stitched map gives (`BandSmoother`); recon rows float32
+        (n, W, 3); both in order, covering the image once (also when every tile diverged: the status
+        says so). Memory per image: one tile row of sums and a few bands instead of H x W x 5 floats.
+        With tiles.scale != 1 the maps must be resized back to the native size, which is not banded:
+        the whole-image path runs and each sink gets its maps as one band. stream_out: the TileStream
+        is appended to it (for its counters)."""
         from anounet_jax.data.tiling import TileStream, fit_tiled
 
         t = self.tiles.tile
         chunk = self.engine.chunk_size_for((t, t, 3))
-        stream = TileStream(items, chunk, recon=True)
+        banded = bands is not None and self.tiles.scale == 1.0
+        sigma = self.preset.maps.smoothing_sigma
+        make = (lambda item: BandSmoother(item.grid.height, sigma, bands(item))) if banded else None
+        stream = TileStream(items, chunk, recon=True, bands=make)
+        if stream_out is not None:
+            stream_out.append(stream)
 
         def fits(chunks):
             for idx, res in self.engine.iter_fit(chunks, self.seed):
@@ -241,6 +259,15 @@ class ScoringModel:
         for s in fit_tiled(fits, None, chunk, stream=stream):
             maps = self._finish_tiled(s)
             s.heatmap = s.recon = None  # the unsmoothed map is not kept while the caller writes
+            if banded:
+                s.sink.close()
+                maps.sink = s.sink.out
+            elif bands is not None:  # scaled: the whole maps as one band
+                maps.sink = bands(s.item)
+                if maps.heatmap is not None:
+                    maps.sink.recon(0, maps.recon)
+                    maps.sink.heat(0, maps.heatmap)
+                    maps.heatmap = maps.recon = None
             yield maps
 
     def _finish_tiled(self, s) -> TiledMaps:
@@ -251,11 +278,12 @@ class ScoringModel:
         if s.all_diverged:
             status = STATUS_DIVERGED
         else:
-            heat = resize_map(smooth_map(s.heatmap, self.preset.maps.smoothing_sigma), (h, w))
-            recon = resize_map(s.recon, (h, w))
+            if s.sink is None:  # whole-image stitching (banded: the sink smoothed the rows)
+                heat = resize_map(smooth_map(s.heatmap, self.preset.maps.smoothing_sigma), (h, w))
+                recon = resize_map(s.recon, (h, w))
             status = STATUS_OK
             if s.diverged:
-                sy, sx = s.heatmap.shape[0] / h, s.heatmap.shape[1] / w
+                sy, sx = s.item.grid.height / h, s.item.grid.width / w
                 where = []
                 for d in s.diverged[:3]:
                     y0, y1, x0, x1 = d.box
@@ -264,6 +292,66 @@ class ScoringModel:
                 more = f"; {len(s.diverged) - 3} more" if len(s.diverged) > 3 else ""
                 status = f"{STATUS_DIVERGED}: {len(s.diverged)} of {n} tiles ({'; '.join(where)}{more})"
         return TiledMaps(s.key, native, heat, recon, np.float32(s.loss_r), np.float32(s.loss_c), status, n)
+
+
+def smoothing_radius(sigma: float) -> int:
+    """Rows on each side that `maps.smooth` reads for one output row (scipy's kernel radius:
+    int(4 sigma + 0.5), the filter truncated at 4 sigma)."""
+    return int(4.0 * float(sigma) + 0.5)
+
+
+class BandSmoother:
+    """`smooth_map` of a map that arrives in row bands, sent on in row bands, with the same values.
+
+    band(y0, heat, recon) takes the stitched rows y0..y0+n-1 (in order, covering 0..height-1; a
+    TileStream sink). Output row y of a Gaussian of radius R reads input rows y-R..y+R (reflected at
+    the image's top and bottom only), so once rows up to E are in, rows up to E - R are final: they
+    are smoothed on a window reaching R rows above them (or the image top) and R below, and the
+    window's own edges (reflected) touch only rows that are not kept. scipy computes each output
+    value from the same inputs in the same order whatever the window, and `smooth_map`'s two cases
+    agree away from NaN holes (the weight sum there is exactly 1), so every row equals the whole-image
+    result. Sends out.recon(y0, rows) at once and out.heat(y0, rows) when smoothed. Holds at most
+    2 R rows plus one band (max_rows). seconds: time spent smoothing."""
+
+    def __init__(self, height: int, sigma: float, out):
+        self.height, self.sigma, self.out = int(height), float(sigma), out
+        self.radius = smoothing_radius(sigma)
+        self.buf = np.zeros((0, 0), np.float32)  # raw rows [self.buf_top, self.buf_top + len(buf))
+        self.buf_top = 0
+        self.done = 0  # rows 0..done-1 were sent smoothed
+        self.seconds = 0.0
+        self.max_rows = 0  # the most raw rows held at once
+
+    def band(self, y0: int, heat: np.ndarray, recon: np.ndarray | None = None) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        if recon is not None:
+            self.out.recon(y0, recon)
+        if y0 != self.buf_top + len(self.buf):
+            raise AssertionError(f"band at row {y0}, expected row {self.buf_top + len(self.buf)}")
+        self.buf = np.concatenate([self.buf, heat]) if len(self.buf) else np.asarray(heat, np.float32)
+        self.max_rows = max(self.max_rows, len(self.buf))
+        end = y0 + len(heat)
+        upto = self.height if end >= self.height else end - self.radius
+        if upto > self.done:
+            a = max(0, self.done - self.radius)
+            window = self.buf[a - self.buf_top:]
+            smoothed = smooth_map(window, self.sigma)
+            rows = smoothed[self.done - a:upto - a]
+            t1 = time.perf_counter()
+            self.out.heat(self.done, rows)
+            t0 += time.perf_counter() - t1
+            self.done = upto
+            cut = max(0, self.done - self.radius) - self.buf_top
+            if cut > 0:
+                self.buf = self.buf[cut:].copy()
+                self.buf_top += cut
+        self.seconds += time.perf_counter() - t0
+
+    def close(self) -> None:
+        if self.done != self.height:
+            raise AssertionError(f"{self.done} of {self.height} rows smoothed")
 
 
 def smooth_map(heat: np.ndarray, sigma: float) -> np.ndarray:
@@ -310,6 +398,15 @@ class NativeImages:
         from anounet_jax.data.io import load_image
 
         return load_image(self.paths[i])
+
+    def load_pixels(self, i: int) -> np.ndarray:
+        """Like `load`, in the file's own type (uint8 / uint16, `io.read_pixels`): float_pixels of it is
+        `load(i)`. A quarter of the memory for 8-bit files."""
+        if self.arrays is not None:
+            return np.asarray(self.arrays[i], np.float32)
+        from anounet_jax.data.io import read_pixels
+
+        return read_pixels(self.paths[i])
 
 
 def _float_image(x) -> np.ndarray:
