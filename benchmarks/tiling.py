@@ -9,10 +9,11 @@ weights, C and an LOF scorer from its features of embedded brick patches: time a
 on what the f-Net learned) and PNG images of the embedded brick photograph repeated to each size.
 
 1. speed (a fresh process): one SIZE x SIZE image through the score job's tiled path (ScoringModel:
-   tiled_image -> TileStream -> Engine.iter_fit -> stitching -> smoothing), after a warm-up fit that
-   compiles the programs. Reports tiles/s, s per megapixel, and the time in cutting + stitching (the
-   TileStream's counters), in the map's finish (smoothing; resizing back when scaled) and in the job's
-   outputs (overlay, thumbnail, PNG and NPZ encoding) as fractions of the fit time.
+   tiled_image -> TileStream in row bands -> Engine.iter_fit -> stitching -> BandSmoother -> the job's
+   _MapWriter), after a warm-up fit that compiles the programs. Reports tiles/s, s per megapixel, and
+   the time in cutting + stitching (the TileStream's counters), in the map's finish (smoothing, in
+   bands) and in the job's outputs (spilling the bands, overlay, thumbnail, PNG and NPZ encoding) as
+   fractions of the fit time. (tiles.scale != 1 is not measured: that path is the whole-image one.)
 2. memory (a fresh process per size): `anounet score` (cli.main) on a folder of one SIZE x SIZE image,
    --visualize all, the same chunk for every size, --memory-steps fit steps (a chunk's memory does not
    depend on the number of steps), compilation cache off. Reports the process's peak RSS
@@ -27,6 +28,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,16 +81,17 @@ def speed(folder: Path, size: int, overrides) -> dict:
 
     split_cpu_into_devices()
     from anounet_jax.checkpoint import load_checkpoint
-    from anounet_jax.data.io import load_image
+    from anounet_jax.data.io import read_pixels
     from anounet_jax.data.tiling import TileStream
-    from anounet_jax.jobs.score.files import npz_bytes, png_bytes
-    from anounet_jax.jobs.score.job import _overlay, _thumbnail
-    from anounet_jax.jobs.score.model import ScoringModel
+    from anounet_jax.jobs.score.job import _MapWriter
+    from anounet_jax.jobs.score.model import BandSmoother, ScoringModel
     from anounet_jax.settings import apply_overrides
 
     ck = load_checkpoint(folder / "ck")
     model = ScoringModel(ck, apply_overrides(ck.preset, overrides))
     spec = model.tiles
+    if spec.scale != 1.0:
+        raise SystemExit("speed: tiles.scale != 1 runs the whole-image path; measure it with scale 1")
     t = spec.tile
     chunk = model.engine.chunk_size_for((t, t, 3))
     t0 = time.perf_counter()
@@ -97,12 +100,20 @@ def speed(folder: Path, size: int, overrides) -> dict:
     compile_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    native = load_image(folder / f"img{size}" / "brick.png")
+    native = read_pixels(folder / f"img{size}" / "brick.png")
     read_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     item = model.tiled_image(0, native, 1)
     scale_s = time.perf_counter() - t0
-    stream = TileStream([item], chunk, recon=True)
+    out = Path(tempfile.mkdtemp(prefix="tiling-speed-"))
+    sinks = []
+
+    def bands(it):
+        sinks.append(BandSmoother(it.grid.height, model.preset.maps.smoothing_sigma,
+                                  _MapWriter(out, "brick.png", it.payload)))
+        return sinks[-1]
+
+    stream = TileStream([item], chunk, recon=True, bands=bands)
     fits = model.engine.iter_fit(stream.chunks(), model.seed)
     pulled = 0.0
     stitched = None
@@ -121,18 +132,16 @@ def speed(folder: Path, size: int, overrides) -> dict:
     stream.close()
     fit_s = pulled - stream.cut_seconds
     t0 = time.perf_counter()
-    maps = model._finish_tiled(stitched)
-    finish_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rgb = _overlay(maps.image, maps.heatmap)
-    thumb = _thumbnail(rgb)
-    outputs = [png_bytes(rgb), npz_bytes(heatmap=maps.heatmap.astype(np.float16),
-                                         recon=maps.recon.astype(np.float16))]
-    if thumb is not None:
-        outputs.append(png_bytes(thumb))
-    outputs_s = time.perf_counter() - t0
+    maps = model._finish_tiled(stitched)  # the status (the map was smoothed band by band)
+    stitched.sink.close()
+    writer = stitched.sink.out
+    writer.write(maps.loss_r, maps.loss_c, maps.status)
+    writer.close()
+    finish_s = stitched.sink.seconds  # smoothing in bands (inside the stream's add)
+    outputs_s = writer.seconds  # spilling the bands, then overlay, thumbnail, PNG and NPZ files
+    shutil.rmtree(out, ignore_errors=True)
     n = item.grid.n_tiles
-    total = loop_s + finish_s + scale_s
+    total = loop_s + scale_s + (time.perf_counter() - t0)  # the loop includes stitching and smoothing
     mp = size * size / 1e6
     return {"size": size, "tile": t, "stride": spec.stride, "scale": spec.scale, "tiles": n, "chunk": chunk,
             "steps": model.preset.fit.steps, "formulation": model.engine.formulation,
@@ -143,6 +152,40 @@ def speed(folder: Path, size: int, overrides) -> dict:
             "cut_stitch_fraction": (stream.cut_seconds + stream.stitch_seconds) / fit_s,
             "all_overhead_fraction": (stream.cut_seconds + stream.stitch_seconds + scale_s + finish_s
                                       + outputs_s) / fit_s}
+
+
+class _RssSampler:
+    """VmRSS from /proc/self/status every `every` seconds in a thread (Linux): where the peak lies."""
+
+    def __init__(self, every: float = 0.25):
+        import threading
+
+        self.samples: list = []
+        self._stop = threading.Event()
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every):
+        while not self._stop.is_set():
+            try:
+                for line in open("/proc/self/status"):
+                    if line.startswith("VmRSS:"):
+                        self.samples.append((time.perf_counter() - self._t0, int(line.split()[1]) / 1024))
+                        break
+            except OSError:
+                return
+            self._stop.wait(every)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        if not self.samples:
+            return {}
+        t_end = self.samples[-1][0]
+        at = {f"rss_at_{q}pct_mib": next(r for t, r in self.samples if t >= q / 100 * t_end) for q in (10, 50, 90)}
+        t_peak, peak = max(self.samples, key=lambda x: x[1])
+        return {"sampled_peak_mib": peak, "sampled_peak_at_pct": 100 * t_peak / t_end if t_end else 0.0, **at}
 
 
 def memory(folder: Path, size: int, steps: int, chunk: int | None, overrides) -> dict:
@@ -156,15 +199,18 @@ def memory(folder: Path, size: int, steps: int, chunk: int | None, overrides) ->
         args += ["--set", o]
     if chunk:
         args += ["--set", f"engine.chunk_size={chunk}"]
+    sampler = _RssSampler()
     t0 = time.perf_counter()
     code = cli.main(args)
     seconds = time.perf_counter() - t0
+    sampled = sampler.stop()
     import numpy as np
 
     with np.load(out / "out" / "maps" / "brick.png.npz") as z:
         shape = list(z["heatmap"].shape)
+    shutil.rmtree(out, ignore_errors=True)
     return {"size": size, "exit": code, "map_shape": shape, "steps": steps, "seconds": seconds,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **sampled}
 
 
 def _child(*argv) -> dict:
@@ -204,15 +250,18 @@ def markdown(res: dict) -> str:
              f"{sp['stitch_s']:.3f} | {sp['finish_s']:.3f} | {sp['outputs_s']:.3f} | {sp['tiles_per_s']:.2f} | "
              f"{sp['s_per_megapixel']:.0f} | {100 * sp['cut_stitch_fraction']:.2f}% | "
              f"{100 * sp['all_overhead_fraction']:.2f}% |", "",
-             "finish: smoothing of the stitched map (and resizing back when scaled); outputs: the full-size "
-             "overlay, its thumbnail, PNG and NPZ encoding (what `anounet score` adds per image); all tiling "
-             "overhead = cut + stitch + finish + outputs. Compilation (warm-up) "
+             "finish: smoothing of the stitched map, in row bands; outputs: spilling the bands, then the "
+             "full-size overlay (PNG rows), its thumbnail and the NPZ (what `anounet score` adds per image); "
+             "all tiling overhead = cut + stitch + finish + outputs. Compilation (warm-up) "
              f"{sp['compile_s']:.1f} s, not counted.", "",
              "## Peak memory (`anounet score` on one image, a fresh process per size)", "",
-             "| image | map | tiles | fit steps | peak RSS (MiB) | seconds |", "|---|---|---|---|---|---|"]
+             "| image | map | tiles | fit steps | peak RSS (MiB) | RSS at 10% / 50% / 90% of the run (MiB) "
+             "| peak at | seconds |", "|---|---|---|---|---|---|---|---|"]
     for m in mem:
+        at = " / ".join(f"{m.get(f'rss_at_{q}pct_mib', float('nan')):.0f}" for q in (10, 50, 90))
         lines.append(f"| {m['size']}x{m['size']} | {m['map_shape'][0]}x{m['map_shape'][1]} float16 | "
-                     f"{m['tiles']} | {m['steps']} | {m['peak_rss_mib']:.0f} | {m['seconds']:.1f} |")
+                     f"{m['tiles']} | {m['steps']} | {m['peak_rss_mib']:.0f} | {at} | "
+                     f"{m.get('sampled_peak_at_pct', float('nan')):.0f}% | {m['seconds']:.1f} |")
     lines += ["", res["memory_note"], ""]
     return "\n".join(lines)
 
