@@ -58,6 +58,7 @@ def setup(folder: Path, preset_name: str, sizes) -> None:
     from anounet_jax.data.embedded import load_normal
     from anounet_jax.fnet.model import FrozenFNet, build_fnet_module, compute_center
     from anounet_jax.fnet.scores import make_scorer
+    from anounet_jax.fnet.train import feature_scale
 
     preset = get_preset(preset_name)
     s = preset.image_size
@@ -66,8 +67,8 @@ def setup(folder: Path, preset_name: str, sizes) -> None:
     fnet = FrozenFNet.from_module(module, variables)
     feats = fnet.features(load_normal("brick", s, 32, seed=0).images)
     center = compute_center(feats)
-    save_checkpoint(folder / "ck", preset, fnet, center, make_scorer("lof").fit(feats),
-                    overwrite=True)
+    save_checkpoint(folder / "ck", preset, fnet, center, make_scorer("lof").fit(feats), overwrite=True,
+                    feature_scale=feature_scale(feats, center))  # the small preset's L_C is in its units
     for size in sizes:
         d = folder / f"img{size}"
         d.mkdir(parents=True, exist_ok=True)
