@@ -103,6 +103,9 @@ class TileConfig:
     stride: int = 0  # pixels between tile starts; 0 = tile // 2
     scale: float = 1.0  # resize factor applied first (aspect ratio kept)
     resize: bool = False  # True: no tiling; every image resized to image_size x image_size (maps at that size)
+    # C for the tiles (fnet/tile_centers.py): "global" (one center, textures) or "position" (tile k of
+    # the grid has its own center from tile k of the normal images: aligned objects, one image size)
+    center: str = "global"
 
 
 @dataclasses.dataclass(frozen=True)

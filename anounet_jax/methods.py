@@ -11,8 +11,10 @@ Methods that need the f-Net (`needs_fnet`) get the job's one trained f-Net in `i
 trained once and shared. To add a method: write a `run` function and `register(Method(...))` it.
 
 Tiled evaluation (jobs/evaluate.py) needs the two halves apart: `prepare(inputs)` trains once and
-returns `maps(images, first_index) -> MethodOutput` for any batch of tiles (first_index: the global
-index of the batch's first tile, Ano-Unet's PRNG key for it, so results do not depend on batching).
+returns `maps(images, first_index, positions) -> MethodOutput` for any batch of tiles (first_index: the
+global index of the batch's first tile, Ano-Unet's PRNG key for it, so results do not depend on
+batching; positions: each tile's index k in its image's grid, which picks its center when
+`inputs.tile_centers` holds one per position, fnet/tile_centers.py).
 Every registered method has both; `run(inputs)` is `prepare(inputs)(inputs.test_images, 0)` in effect.
 """
 
@@ -36,6 +38,7 @@ class MethodInputs:
     trained: object = None  # fnet.train.TrainedFNet, for methods that need the f-Net
     seed: int = 0
     progress: bool = False
+    tile_centers: np.ndarray | None = None  # (n_tiles, D) C per tile position (tiles.center "position")
 
 
 @dataclasses.dataclass
@@ -44,6 +47,9 @@ class MethodOutput:
     score: np.ndarray | None  # (N,) the method's own image score, or None (the map's max)
     diverged: np.ndarray  # (N,) bool
     info: dict = dataclasses.field(default_factory=dict)  # e.g. the engine formulation
+    # (N,) the f-Net's distance of each input to its C, mean|f(x) - C| (Ano-Unet only; tiled: its
+    # maximum over an image's tiles is the f-Net image score)
+    fnet_score: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +106,13 @@ def _from_baseline(res) -> MethodOutput:
 def _ano_unet(inputs: MethodInputs) -> MethodOutput:
     from anounet_jax.engine.fit import Engine
 
+    from anounet_jax.fnet.tile_centers import tile_distances
+
     engine = Engine.for_trained(inputs.preset, inputs.trained)
     res = engine.fit(inputs.test_images, seed=inputs.seed, progress=inputs.progress)
-    return MethodOutput(res.heatmap, None, res.diverged, {"engine_formulation": engine.formulation})
+    fscore = tile_distances(inputs.trained.fnet, inputs.test_images, engine.row_centers(len(res.heatmap)))
+    return MethodOutput(res.heatmap, None, res.diverged, {"engine_formulation": engine.formulation},
+                        fnet_score=fscore)
 
 
 def _autoencoder(inputs: MethodInputs) -> MethodOutput:
@@ -138,14 +148,22 @@ def _feature_memory(inputs: MethodInputs) -> MethodOutput:
 
 def _ano_unet_prepare(inputs: MethodInputs):
     from anounet_jax.engine.fit import Engine, FitResult
+    from anounet_jax.fnet.tile_centers import tile_distances
 
     engine = Engine.for_trained(inputs.preset, inputs.trained)
 
-    def maps(images, first_index: int = 0) -> MethodOutput:
+    def maps(images, first_index: int = 0, positions=None) -> MethodOutput:
+        images = np.asarray(images, np.float32)
         idx = np.arange(first_index, first_index + len(images), dtype=np.int64)
-        res = FitResult.concatenate([r for _, r in engine.iter_fit([(idx, np.asarray(images, np.float32))],
-                                                                   inputs.seed)])
-        return MethodOutput(res.heatmap, None, res.diverged, {"engine_formulation": engine.formulation})
+        centers = None
+        if inputs.tile_centers is not None:
+            if positions is None:
+                raise AnoUnetError("per-position centers need each tile's position in its grid")
+            centers = inputs.tile_centers[np.asarray(positions)]
+        res = FitResult.concatenate([r for _, r in engine.iter_fit([(idx, images, centers)], inputs.seed)])
+        fscore = tile_distances(inputs.trained.fnet, images, engine.row_centers(len(images), centers))
+        return MethodOutput(res.heatmap, None, res.diverged, {"engine_formulation": engine.formulation},
+                            fnet_score=fscore)
 
     return maps
 
@@ -154,7 +172,7 @@ def _baseline_prepare(train: Callable, **score_kw):
     def prepare(inputs: MethodInputs):
         model = train(inputs)
 
-        def maps(images, first_index: int = 0) -> MethodOutput:
+        def maps(images, first_index: int = 0, positions=None) -> MethodOutput:
             kw = {k: (inputs.seed if v == "seed" else v) for k, v in score_kw.items()}
             return _from_baseline(model.score_maps(images, **kw))
 

@@ -48,6 +48,7 @@ RULES: dict[str, tuple] = {
     "maps.smoothing_sigma": NON_NEGATIVE, "maps.image_score": ("max", "top1"), "engine.chunk_size": POSITIVE,
     "engine.formulation": FORMULATION_CHOICES,
     "tiles.tile": NON_NEGATIVE, "tiles.stride": NON_NEGATIVE, "tiles.scale": POSITIVE,
+    "tiles.center": ("global", "position"),
 }
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")

@@ -5,6 +5,8 @@ A data source is named by a string:
                                     unless one is named. Always the built-in data: a real folder of
                                     that name is given as "./embedded".
   "synthetic:FAMILY"                a generated texture family with planted defects (data/synthetic.py)
+  "aligned"                         a generated aligned object (a board with parts at fixed places) whose
+                                    defects are missing parts (data/aligned.py); native 128 x 192
   anything else                     a folder: an MVTec AD category or a DAGM 2007 class folder
                                     (``ClassN``) for evaluate, or images (score, train-fnet); a
                                     folder of categories is a whole benchmark (jobs/evaluate_suite.py)
@@ -28,7 +30,9 @@ from anounet_jax.data.folder import Chunk, ImageFolder
 from anounet_jax.data.types import ImageSet
 from anounet_jax.errors import AnoUnetError
 
-EMBEDDED, SYNTHETIC = "embedded", "synthetic"
+EMBEDDED, SYNTHETIC, ALIGNED = "embedded", "synthetic", "aligned"
+ALIGNED_HW = (128, 192)
+ALIGNED_MAX_TRAIN = 32  # normal images of the aligned object (each gives many tiles)
 
 
 def parse_source(spec) -> tuple[str, str | Path | None]:
@@ -41,6 +45,8 @@ def parse_source(spec) -> tuple[str, str | Path | None]:
             if not name:
                 raise AnoUnetError("name a texture family: synthetic:FAMILY (see data/synthetic.py)")
             return SYNTHETIC, name
+        if spec == ALIGNED:
+            return ALIGNED, None
     return "folder", Path(spec)
 
 
@@ -71,6 +77,15 @@ def load_labelled(spec, preset, seed: int = 0) -> Labelled:
         sets = load_synthetic(name, size=size, n_train=d.n_train, n_test_good=d.n_test_good,
                               n_test_defect=d.n_test_defect, seed=seed)
         return Labelled(f"synthetic {name}", name, sets["train"], sets["test"])
+    if kind == ALIGNED:  # resized (squashed) to the preset's square size; tiled evaluation reads it native
+        from anounet_jax.data.tiling import resize_image, resize_map
+
+        train, test = load_aligned(d, seed)
+        imgs = lambda xs: np.stack([resize_image(x, (size, size)) for x in xs])  # noqa: E731
+        masks = np.stack([resize_map(m.astype(np.float32), (size, size)) > 0.5 for m in test.masks])
+        return Labelled("aligned object", "aligned",
+                        ImageSet(imgs(train.images), labels=np.zeros(len(train), np.int64), ids=train.ids),
+                        ImageSet(imgs(test.images), masks=masks, labels=test.labels, ids=test.ids))
     from anounet_jax.data.dagm import class_folder, load_dagm_evaluation
     from anounet_jax.data.mvtec import load_mvtec
 
@@ -82,6 +97,13 @@ def load_labelled(spec, preset, seed: int = 0) -> Labelled:
         train, test = load_dagm_evaluation(dagm[0], dagm[1], size, seed)
         return Labelled(str(name), name.name, train, test)
     return Labelled(str(name), name.name, load_mvtec(name, size, "train"), load_mvtec(name, size, "test"))
+
+
+def load_aligned(d, seed: int = 0):
+    """The aligned-object set at its native size for the preset's data section: (train, test) NativeSets."""
+    from anounet_jax.data.aligned import aligned_set
+
+    return aligned_set(min(d.n_train, ALIGNED_MAX_TRAIN), d.n_test_good, d.n_test_defect, ALIGNED_HW, seed)
 
 
 def load_normal_images(spec, preset, seed: int = 0, recursive: bool = False) -> ImageSet:

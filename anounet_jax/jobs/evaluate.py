@@ -172,7 +172,7 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
     from anounet_jax.jobs.common import prepare_out_dir
     from anounet_jax.jobs.evaluate_report import plot_curves, write_evaluation_record, write_single_report
     from anounet_jax.maps import map_score, smooth, write_panels
-    from anounet_jax.metrics import map_metrics
+    from anounet_jax.metrics import image_auroc, map_metrics
 
     t_start = time.perf_counter()
     log = log or (print if progress else (lambda *a, **k: None))
@@ -196,7 +196,8 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
         h, w = test.images.shape[1:3]
         per = spec.n_tiles(h, w)
         tiling = {"tile": spec.tile, "stride": spec.stride, "scale": spec.scale, "native_hw": [h, w],
-                  "tiles_per_image": per, "n_train_images": len(native_train), "n_train_tiles": len(train)}
+                  "tiles_per_image": per, "n_train_images": len(native_train), "n_train_tiles": len(train),
+                  "center": preset.tiles.center}
         where = (f"at native {h}x{w}, {per} tiles of {spec.tile}x{spec.tile} (stride {spec.stride}"
                  + (f", scale {spec.scale}" if spec.scale != 1.0 else "") + ") each; training on "
                  f"{len(train)} tiles of {len(native_train)} normal images")
@@ -209,7 +210,9 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
     seconds = {"data": time.perf_counter() - t0}
     input_size = spec.tile if spec else preset.image_size
 
-    trained, n_reference = None, 0
+    trained, n_reference, tile_centers = None, 0, None
+    if spec is None and preset.tiles.center != "global":
+        raise AnoUnetError("tiles.center 'position' (a C per tile position) needs tiled evaluation (--native)")
     if any(METHODS[m].needs_fnet for m in methods):
         t0 = time.perf_counter()
         reference = load_reference(category, input_size, preset.data.n_reference_per_class, seed)
@@ -218,13 +221,20 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
             f"reference images ({len(set(reference.labels.tolist()))} classes)")
         trained = train_fnet(preset.fnet, train, reference, seed=seed, progress=progress)
         del reference
+        if spec is not None and preset.tiles.center == "position":
+            from anounet_jax.fnet.tile_centers import position_centers
+
+            grid = spec.grid(*test.images.shape[1:3])
+            tile_centers = position_centers(trained.fnet, (tiled.scaled(x, spec) for x in native_train.images),
+                                            grid)
+            log(f"C per tile position: {len(tile_centers)} centers from {len(native_train)} normal images")
         seconds["fnet"] = time.perf_counter() - t0
 
     results: dict[str, dict] = {}
     smoothed: dict[str, np.ndarray] = {}
     scores: dict[str, np.ndarray] = {}
     info: dict = {}
-    inputs = MethodInputs(train, test.images, preset, baselines, trained, seed, progress)
+    inputs = MethodInputs(train, test.images, preset, baselines, trained, seed, progress, tile_centers)
     for name in methods:
         method = METHODS[name]
         t0 = time.perf_counter()
@@ -236,13 +246,17 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
             diverged = np.asarray(out.diverged) | ~np.isfinite(raw).reshape(len(raw), -1).all(1)
             maps = smooth(raw, sigma)
             score = map_score(maps, preset.maps.image_score) if out.score is None else _finite_or_inf(out.score)
+            fnet_score = out.fnet_score
         else:
-            maps, score, diverged, out_info, _ = tiled.tiled_maps(method.prepare(inputs), test, spec, sigma,
-                                                                  preset.maps.image_score)
-            info.update(out_info)
-            score = _finite_or_inf(score)
+            res = tiled.tiled_maps(method.prepare(inputs), test, spec, sigma, preset.maps.image_score)
+            maps, diverged, fnet_score = res.maps, res.diverged, res.fnet_scores
+            info.update(res.info)
+            score = _finite_or_inf(res.scores)
         elapsed = time.perf_counter() - t0
         m = map_metrics(maps, score, test.labels, test.masks)
+        if fnet_score is not None:  # the f-Net's own distance to C (tiled: max over tiles)
+            auc = image_auroc(_finite_or_inf(fnet_score), test.labels)
+            m["image_auroc_fnet"] = None if np.isnan(auc) else round(float(auc), 6)
         m["by_kind"] = _by_kind(maps, score, test)
         parts = {"fnet": round(seconds["fnet"], 1)} if method.needs_fnet else {}
         parts.update(train_and_maps=round(elapsed, 1))

@@ -8,6 +8,8 @@ the tiled resolution with the harness's one sigma and resized to the native size
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from anounet_jax.data.native import NativeSet
@@ -43,7 +45,7 @@ def load_native(spec_data, preset, seed: int) -> tuple[str, str, NativeSet, Nati
     from pathlib import Path
 
     from anounet_jax.data.native import load_native_embedded, load_native_mvtec
-    from anounet_jax.data.sources import EMBEDDED, parse_source
+    from anounet_jax.data.sources import ALIGNED, EMBEDDED, load_aligned, parse_source
     from anounet_jax.jobs.score.model import resolve_tiles
 
     kind, name = parse_source(spec_data)
@@ -58,6 +60,9 @@ def load_native(spec_data, preset, seed: int) -> tuple[str, str, NativeSet, Nati
         train, test = load_native_embedded(category, n_crops, d.n_test_good, d.n_test_defect, seed,
                                            train_hw=(side, side), test_hw=(min(128, 2 * side), 3 * side // 2))
         return f"embedded {category} (native)", category, train, test
+    if kind == ALIGNED:
+        train, test = load_aligned(preset.data, seed)
+        return "aligned object (native)", "aligned", train, test
     if kind != "folder" or not Path(name).is_dir():
         raise AnoUnetError(f"tiled evaluation reads an MVTec-style category folder or 'embedded', not "
                            f"{spec_data!r}; use --resize for the other sources")
@@ -84,7 +89,8 @@ def stacked(test: NativeSet) -> ImageSet:
                     labels=np.asarray(test.labels), ids=list(test.ids))
 
 
-def _scaled(image: np.ndarray, spec: TileSpec) -> np.ndarray:
+def scaled(image: np.ndarray, spec: TileSpec) -> np.ndarray:
+    """The image resized by the tiling's scale (itself at scale 1)."""
     return resize_image(image, spec.scaled_hw(*image.shape[:2])) if spec.scale != 1.0 else image
 
 
@@ -102,7 +108,7 @@ def train_tiles(train: NativeSet, spec: TileSpec, n: int, seed: int) -> ImageSet
         by_image.setdefault(i, []).append(k)
     tiles, ids = [], []
     for i, ks in by_image.items():
-        x = _scaled(train.images[i], spec)
+        x = scaled(train.images[i], spec)
         grid = spec.grid(*train.images[i].shape[:2])
         all_tiles = cut(x, grid)
         tiles.append(all_tiles[ks])
@@ -111,14 +117,21 @@ def train_tiles(train: NativeSet, spec: TileSpec, n: int, seed: int) -> ImageSet
     return ImageSet(x, labels=np.zeros(len(x), np.int64), ids=ids)
 
 
-def tiled_maps(maps_fn, test: ImageSet, spec: TileSpec, sigma: float, image_score: str):
-    """Every test image cut into tiles, mapped by `maps_fn(tiles, first_index)` (a `Method.prepare`
-    result) in groups of about GROUP_TILES tiles, stitched, smoothed and brought to the native size.
+class TiledMaps(NamedTuple):
+    maps: np.ndarray  # (N, H, W) smoothed, +inf where only diverged tiles lie
+    scores: np.ndarray  # (N,) image scores
+    diverged: np.ndarray  # (N,) bool: any tile diverged
+    info: dict
+    tiles_per_image: int
+    fnet_scores: np.ndarray | None  # (N,) max over the image's tiles of the f-Net's tile distance, or None
 
-    Returns (smoothed maps (N, H, W) with +inf where only diverged tiles lie, image scores (N,),
-    diverged (N,) bool: any tile diverged, info, tiles per image). Image score: the method's own score
-    as the max over the image's tiles, else the preset's map score (`map_score(.., image_score)`) of
-    the stitched smoothed map."""
+
+def tiled_maps(maps_fn, test: ImageSet, spec: TileSpec, sigma: float, image_score: str) -> TiledMaps:
+    """Every test image cut into tiles, mapped by `maps_fn(tiles, first_index, positions)` (a
+    `Method.prepare` result) in groups of about GROUP_TILES tiles, stitched, smoothed and brought to the
+    native size. Image score: the method's own score as the max over the image's tiles, else the
+    preset's map score (`map_score(.., image_score)`) of the stitched smoothed map. The f-Net score
+    (methods that give one) is the max over the image's tiles of each tile's distance to its C."""
     from anounet_jax.jobs.score.model import smooth_map
     from anounet_jax.maps import map_score
 
@@ -128,17 +141,20 @@ def tiled_maps(maps_fn, test: ImageSet, spec: TileSpec, sigma: float, image_scor
     per = grid.n_tiles
     maps = np.empty((n, *hw), np.float32)
     scores = np.full(n, np.nan, np.float32)
+    fnet_scores = np.full(n, np.nan, np.float32)
     own = [None] * n
     diverged = np.zeros(n, bool)
     info: dict = {}
     group = max(1, GROUP_TILES // per)
+    has_fnet = True
     for lo in range(0, n, group):
         hi = min(lo + group, n)
-        tiles = np.concatenate([cut(_scaled(test.images[i], spec), grid) for i in range(lo, hi)])
-        out = maps_fn(tiles, lo * per)
+        tiles = np.concatenate([cut(scaled(test.images[i], spec), grid) for i in range(lo, hi)])
+        out = maps_fn(tiles, lo * per, np.tile(np.arange(per), hi - lo))
         info.update(out.info)
         heat = np.asarray(out.heatmap, np.float32)
         bad = np.asarray(out.diverged, bool) | ~np.isfinite(heat.reshape(len(heat), -1)).all(1)
+        has_fnet = has_fnet and out.fnet_score is not None
         for j, i in enumerate(range(lo, hi)):
             sl = slice(j * per, (j + 1) * per)
             raw = stitch(heat[sl], grid, valid=~bad[sl])
@@ -148,8 +164,11 @@ def tiled_maps(maps_fn, test: ImageSet, spec: TileSpec, sigma: float, image_scor
             if out.score is not None:
                 s = np.asarray(out.score, np.float32)[sl]
                 own[i] = float(np.max(np.where(np.isfinite(s), s, np.inf)))
+            if out.fnet_score is not None:
+                f = np.asarray(out.fnet_score, np.float32)[sl]
+                fnet_scores[i] = float(np.max(np.where(np.isfinite(f), f, np.inf)))
     if all(s is not None for s in own):
         scores[:] = own
     else:
         scores = map_score(maps, image_score).astype(np.float32)
-    return maps, scores, diverged, info, per
+    return TiledMaps(maps, scores, diverged, info, per, fnet_scores if has_fnet else None)

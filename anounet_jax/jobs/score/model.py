@@ -54,11 +54,14 @@ def is_diverged(status: str) -> bool:
 
 def resolve_tiles(preset: Preset) -> TileSpec | None:
     """The preset's tiling (None: tiles.resize, every image resized to the preset's size)."""
+    from anounet_jax.fnet.tile_centers import check_center
+
     t = preset.tiles
+    check_center(t.center)
     if t.resize:
-        if t.tile not in (0, preset.image_size) or t.stride or t.scale != 1.0:
+        if t.tile not in (0, preset.image_size) or t.stride or t.scale != 1.0 or t.center != "global":
             raise AnoUnetError("resize (every image resized to the preset's square size) cannot be combined "
-                               "with a tile size, stride or scale")
+                               "with a tile size, stride, scale or per-position center")
         return None
     tile = t.tile or preset.image_size
     step = 2 ** preset.unet.depth
