@@ -145,3 +145,38 @@ def test_native_and_resize_exclude_each_other(folder, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "resize" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_dagm_class_folder_is_evaluated_at_its_native_size(tmp_path):
+    """A DAGM class folder (original release: ClassN + ClassN_def with ellipse labels) tiled at the
+    files' own size; the masks are the ellipses rasterised at that size, not resized."""
+    from anounet_jax.data.dagm import ellipse_mask
+
+    rng = np.random.default_rng(3)
+    gray = [np.round(np.asarray(x).mean(2) * 255).astype(np.uint8) for x in _crops(7, (H, W), rng, slice(0, 500))]
+    root = tmp_path / "dagm"
+    for i in range(5):
+        _png(root / "Class1" / f"{i + 1:04d}.PNG", gray[i])
+    labels = [(1, 10.0, 5.0, 0.5, 30.0, 20.0), (2, 6.0, 6.0, 0.0, 70.0, 45.0)]
+    for j, (num, a, b, rot, x, y) in enumerate(labels):
+        img = gray[5 + j].copy()
+        img[ellipse_mask((H, W), a, b, rot, x, y)] = 250
+        _png(root / "Class1_def" / f"{num}.PNG", img)
+    (root / "Class1_def" / "labels.txt").write_text("".join(f"{n}\t{a}\t{b}\t{r}\t{x}\t{y}\n" for n, a, b, r, x, y in labels))
+    maps = {}
+    m = evaluate(root / "Class1", "tiny", "autoencoder", tmp_path / "o", progress=False, native=True, maps_out=maps)
+    assert m["settings"]["tiling"]["native_hw"] == [H, W] and maps["autoencoder"].shape == (4, H, W)
+    assert m["settings"]["n_test_good"] == 2 and m["settings"]["n_test_defect"] == 2
+    np.testing.assert_array_equal(maps["masks"][2], ellipse_mask((H, W), *labels[0][1:]))
+    np.testing.assert_array_equal(maps["masks"][3], ellipse_mask((H, W), *labels[1][1:]))
+    assert m["autoencoder"]["pixel_auroc"] > 0.8  # a bright ellipse on grass
+
+
+def test_synthetic_family_is_generated_at_the_native_test_size(tmp_path):
+    maps = {}
+    m = evaluate("synthetic:grain", "tiny", "autoencoder", tmp_path / "o", progress=False, native=True,
+                 maps_out=maps)
+    t = m["settings"]["tiling"]
+    assert t["native_hw"] == [128, 96] and t["tiles_per_image"] == 7 * 5
+    assert maps["autoencoder"].shape == (TINY.data.n_test_good + TINY.data.n_test_defect, 128, 96)
+    assert maps["masks"].any((1, 2)).sum() == TINY.data.n_test_defect  # every defective image has its mask

@@ -13,13 +13,17 @@ The protocol, the same for every method:
   tiling     off by default (every image resized to the preset's square size, as above). With
              `native=True` / `anounet evaluate --native`, or when the preset's tiles section sets a
              tile, stride or scale (`--tile`, `--stride`, `--scale`, `--set tiles.tile=64`): the test
-             images and masks are read at their native size (MVTec-style folders; "embedded" is
-             then crops of the 512-px photograph at its own scale with planted defects of 2-6 and
-             12-28 px, data/native.py); every method gets the same tiles (data/tiling.py grid) and the
-             same stitching (`stitch`), maps are smoothed at the tiled resolution and resized to the
-             native size if scaled (jobs/evaluate_tiled.py). Training (f-Net and every baseline) is
-             on up to data.n_train tiles of the normal images drawn from their grids, the reference
-             set at the tile size; C is the mean f-Net feature of the normal tiles. Test images
+             images and masks are read at their native size (MVTec-style folders; DAGM class folders
+             at 512 x 512 with the ellipses rasterised there; "embedded" is then crops of the 512-px
+             photograph at its own scale with planted defects of 2-6 and 12-28 px, data/native.py;
+             "synthetic:FAMILY" is generated at a test size of 2 x 3 tiles; "aligned" is an aligned
+             object with missing parts, data/aligned.py); every method gets the same tiles
+             (data/tiling.py grid) and the same stitching (`stitch`), maps are smoothed at the tiled
+             resolution and resized to the native size if scaled (jobs/evaluate_tiled.py). Training
+             (f-Net and every baseline) is on up to data.n_train tiles of the normal images drawn
+             from their grids, the reference set at the tile size; C is the mean f-Net feature of the
+             normal tiles, or with tiles.center "position" the mean feature of each tile position
+             over the normal images (fnet/tile_centers.py; they must have the test size). Test images
              must share one size; a mask whose size differs from its image is an error naming it.
   training   from the normal training images only. The f-Net (Ano-Unet's L_C target and the DOC
              decoder's input) is trained once, on the normal images + the built-in reference images
@@ -35,7 +39,8 @@ The protocol, the same for every method:
              methods with their own score. "by_kind": the metrics per defect kind (that kind's images
              against the good). "image_auroc_map_max": the max of the smoothed map for every method,
              so the methods are comparable on one score (for Ano-Unet the same number when
-             maps.image_score is "max").
+             maps.image_score is "max"). "image_auroc_fnet" (Ano-Unet): the f-Net's own score,
+             mean|f(x) - C| of the test image (tiled: the max over its tiles, each against its C).
   pixel      "pixel_auroc" and "aupro" (FPR limit 0.3) of the smoothed maps against the masks (tiled:
              at the native mask size).
   seconds    wall time the method needs on its own: its training and its maps, plus the shared f-Net

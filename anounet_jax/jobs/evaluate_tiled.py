@@ -41,37 +41,54 @@ def tiling_for(preset, native: bool | None) -> TileSpec | None:
 
 
 def load_native(spec_data, preset, seed: int) -> tuple[str, str, NativeSet, NativeSet]:
-    """(name, category, train, test) at native size: an MVTec-style folder or the embedded photograph."""
+    """(name, category, train, test) at native size: an MVTec-style folder, a DAGM class folder (512 x
+    512), the embedded photograph, a synthetic family or the aligned object (generated at 2 x 3 tiles)."""
     from pathlib import Path
 
     from anounet_jax.data.native import load_native_embedded, load_native_mvtec
-    from anounet_jax.data.sources import ALIGNED, EMBEDDED, load_aligned, parse_source
+    from anounet_jax.data.sources import ALIGNED, EMBEDDED, SYNTHETIC, load_aligned, parse_source
     from anounet_jax.jobs.score.model import resolve_tiles
 
     kind, name = parse_source(spec_data)
     d = preset.data
+    spec = resolve_tiles(preset.replace(tiles={"resize": False}))
+    if kind in (EMBEDDED, SYNTHETIC):
+        side = max(2 * spec.tile, 64)
+        per = spec.n_tiles(side, side)  # training tiles per image at the chosen stride and scale
+        n_train = int(min(64, max(4, -(-d.n_train // per))))
+        test_hw = (min(128, 2 * side), 3 * side // 2)
     if kind == EMBEDDED:
         category = name or d.category
-        spec = resolve_tiles(preset.replace(tiles={"resize": False}))
-        tile = spec.tile
-        side = max(2 * tile, 64)
-        per = spec.n_tiles(side, side)  # training tiles per crop at the chosen stride and scale
-        n_crops = int(min(64, max(4, -(-d.n_train // per))))
-        train, test = load_native_embedded(category, n_crops, d.n_test_good, d.n_test_defect, seed,
-                                           train_hw=(side, side), test_hw=(min(128, 2 * side), 3 * side // 2))
+        train, test = load_native_embedded(category, n_train, d.n_test_good, d.n_test_defect, seed,
+                                           train_hw=(side, side), test_hw=test_hw)
         return f"embedded {category} (native)", category, train, test
+    if kind == SYNTHETIC:  # generated at the test size directly: the texture's scale is the resized set's
+        from anounet_jax.data.synthetic import load_synthetic
+
+        sets = load_synthetic(name, size=test_hw, n_train=n_train, n_test_good=d.n_test_good,
+                              n_test_defect=d.n_test_defect, seed=seed)
+        return f"synthetic {name} (native)", name, _as_native(sets["train"]), _as_native(sets["test"])
     if kind == ALIGNED:
         train, test = load_aligned(preset.data, seed)
         return "aligned object (native)", "aligned", train, test
     if kind != "folder" or not Path(name).is_dir():
-        raise AnoUnetError(f"tiled evaluation reads an MVTec-style category folder or 'embedded', not "
-                           f"{spec_data!r}; use --resize for the other sources")
-    from anounet_jax.data.dagm import class_folder
+        raise AnoUnetError(f"tiled evaluation reads an MVTec-style category or DAGM class folder, 'embedded', "
+                           f"'synthetic:FAMILY' or 'aligned', not {spec_data!r}")
+    from anounet_jax.data.dagm import class_folder, load_dagm_evaluation
 
-    if class_folder(Path(name)) is not None:
-        raise AnoUnetError("tiled evaluation of DAGM class folders is not supported yet; use --resize", name)
     root = Path(name)
+    dagm = class_folder(root)
+    if dagm is not None:  # DAGM images are 512 x 512 (size None keeps it)
+        train, test = load_dagm_evaluation(dagm[0], dagm[1], None, seed)
+        return str(root), root.name, _as_native(train), _as_native(test)
     return str(root), root.name, load_native_mvtec(root, "train"), load_native_mvtec(root, "test")
+
+
+def _as_native(s: ImageSet) -> NativeSet:
+    """An ImageSet (one size) as a NativeSet (a list of images)."""
+    n = len(s)
+    return NativeSet(list(s.images), None if s.masks is None else list(np.asarray(s.masks, bool)),
+                     None if s.labels is None else np.asarray(s.labels), list(s.ids or [f"{i:04d}" for i in range(n)]))
 
 
 def check_one_size(test: NativeSet) -> tuple[int, int]:
