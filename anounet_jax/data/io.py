@@ -234,6 +234,19 @@ def read_mask(path: str | os.PathLike, size: Size = None) -> tuple[np.ndarray, t
     return resize_mask(mask, hw), orig
 
 
+def _array_in_bands(img: Image.Image, band: int = 256) -> np.ndarray:
+    """np.asarray(img), copied `band` rows at a time: Pillow's whole-image `tobytes` joins a list of
+    chunks, a transient of twice the image's bytes on top of the array."""
+    h, w = img.height, img.width
+    out = None
+    for y in range(0, h, band):
+        part = np.asarray(img.crop((0, y, w, min(h, y + band))))
+        if out is None:
+            out = np.empty((h, *part.shape[1:]), part.dtype)
+        out[y:y + len(part)] = part
+    return out
+
+
 def read_pixels(path: str | os.PathLike) -> np.ndarray:
     """One image file's pixels at its own size in the narrowest type that holds them: uint8 (H, W, 3)
     for 8-bit images, uint16 (H, W, 3) for 16-bit grayscale (grayscale as a read-only broadcast view
@@ -246,15 +259,15 @@ def read_pixels(path: str | os.PathLike) -> np.ndarray:
     try:
         mode = img.mode
         if mode in _SIXTEEN_BIT:
-            gray = np.asarray(img).astype(np.uint16, copy=False)
+            gray = _array_in_bands(img).astype(np.uint16, copy=False)
             return np.broadcast_to(gray[:, :, None], (*gray.shape, 3))
         if mode in ("L", "1"):
-            gray = np.asarray(img.convert("L"))
+            gray = _array_in_bands(img.convert("L"))
             return np.broadcast_to(gray[:, :, None], (*gray.shape, 3))
         if mode in _WITH_ALPHA or (mode == "P" and "transparency" in img.info):
-            return np.asarray(_over_black(img))
+            return _array_in_bands(_over_black(img))
         if mode == "P" or mode in _TO_RGB:
-            return np.asarray(img if mode == "RGB" else img.convert("RGB"))
+            return _array_in_bands(img if mode == "RGB" else img.convert("RGB"))
         return _to_float_rgb(img, None, path)  # mode "I" (float32), or the unsupported-mode error
     except AnoUnetError:
         raise

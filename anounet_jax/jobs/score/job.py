@@ -79,6 +79,7 @@ CSV_FIELDS = ("file", "score", "flagged", "L_R", "L_C", "status")
 DEFAULT_CHUNK = 32
 THUMB = 256  # longest side of a report thumbnail
 OVERLAY_BAND = 64  # rows of an overlay coloured at once (matplotlib's RGBA floats stay small)
+BAND_PIXELS = 65536  # _MapWriter: pixels per band read back (at most OVERLAY_BAND rows; 16 rows at 4096 wide)
 
 
 def map_path(file_id: str) -> str:
@@ -415,7 +416,7 @@ class _MapWriter:
     A `ScoringModel.fit_tiled(bands=...)` sink: recon(y0, rows) and heat(y0, rows) spill the rows to
     two anonymous temporary files in OUT (float16 reconstruction, float32 smoothed map; nothing is
     left behind if the job is killed) and track the map's finite range. write() then reads them
-    back OVERLAY_BAND rows at a time: colours the overlay (`_overlay`'s range: the whole map's) and
+    back a band of at most BAND_PIXELS pixels at a time: colours the overlay (`_overlay`'s range: the whole map's) and
     streams it as PNG rows (pypng), shrinks each band to the thumbnail's width, and streams the map
     file's entries (`atomic_write_npz`'s bytes). Same pixels and map values as the whole-image path
     (`_overlay`, `_thumbnail`, `atomic_write_npz`) with a few bands in memory; the pixels are
@@ -454,8 +455,9 @@ class _MapWriter:
     def _bands(self, f, dtype, shape):
         f.seek(0)
         per_row = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        for y in range(0, self.h, OVERLAY_BAND):
-            n = min(OVERLAY_BAND, self.h - y)
+        rows = max(1, min(OVERLAY_BAND, BAND_PIXELS // self.w))
+        for y in range(0, self.h, rows):
+            n = min(rows, self.h - y)
             yield y, np.frombuffer(f.read(n * per_row), dtype).reshape(n, *shape)
 
     def _overlay_rows(self, size, thumb_parts):
