@@ -218,7 +218,7 @@ def test_a_job_written_before_tiling_resumes_only_with_resize(tmp_path, ckpt, fo
     (out / "parts" / "part-000001.json").unlink()
     capsys.readouterr()
     assert cli.main(_args(folder, ckpt, out, "--visualize", "none", "--chunk-size", "4")) == 2
-    assert "preset.tiles: was {'tile': 0, 'stride': 0, 'scale': 1.0, 'resize': True}" in capsys.readouterr().err
+    assert "preset.tiles: was {'tile': 0, 'stride': 0, 'scale': 1.0, 'resize': True" in capsys.readouterr().err
     assert cli.main(_args(folder, ckpt, out, "--visualize", "none", "--resize", "--chunk-size", "4")) == 0
     assert len(read_scores_csv(out / "scores.csv")) == len(SIZES)
 

@@ -165,6 +165,30 @@ class JobSummary:
         return self.processed_images / self.seconds if self.seconds > 0 else float("nan")
 
 
+def bound_malloc() -> bool:
+    """glibc's malloc set so that a long job's resident memory follows what it holds: at most 2 arenas
+    (M_ARENA_MAX) instead of up to 8 per core, and a fixed mmap threshold and trim threshold of 128 KiB
+    (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD; by default the mmap threshold rises to the largest block
+    freed so far, up to 32 MiB, after which every chunk-sized array comes from the arenas and stays
+    there as fragmented free memory). Measured on `anounet score` of one 1024 x 1024 image (961 tiles,
+    2-core CPU): peak RSS 1266 MiB by default, 1059 MiB with these settings; the RSS of the default
+    grew with the number of tiles fitted, not with the image. Does nothing (returns False) where
+    malloc is not glibc's or where the user set any MALLOC_* variable (theirs win)."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+    return bool(mallopt(m_arena_max, 2) and mallopt(m_mmap_threshold, 128 * 1024)
+                and mallopt(m_trim_threshold, 128 * 1024))
+
+
 def _lock(out: Path, name: str = ".lock"):
     import fcntl
 
@@ -268,6 +292,7 @@ def run_score_job(inputs, checkpoint, out, *, preset=None, visualize: str = "fla
 
     t0 = time.perf_counter()
     check_visualize(visualize)
+    bound_malloc()
     chunk_size = DEFAULT_CHUNK if chunk_size is None else int(chunk_size)
     if chunk_size <= 0:
         raise AnoUnetError(f"chunk size must be positive, got {chunk_size}")
