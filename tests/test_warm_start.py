@@ -40,7 +40,7 @@ def test_reptile_outer_step_moves_to_the_per_image_fit_result(tiny_data, tiny_tr
     fit = Engine.for_trained(TINY.replace(fit={"steps": 3}), tiny_trained, formulation="loop",
                              start_params=theta0).fit(x, seed=0)
     recon = unet_from_config(TINY.unet).apply({"params": theta}, x)
-    assert np.abs(recon - fit.recon).max() < 2e-3
+    assert np.abs(recon - fit.recon).max() < 5e-4  # 2e-6 measured on CPU
     # it moved: the start is not theta0
     assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(theta0))) > 1e-3
 
@@ -54,4 +54,4 @@ def test_a_reptile_start_fits_normal_images_faster_than_a_cold_start(tiny_data, 
     three = TINY.replace(fit={"steps": 3})
     cold = Engine.for_trained(three, tiny_trained, formulation="vmap_matmul").fit(held_out, seed=1)
     warm = Engine.for_trained(three, tiny_trained, formulation="vmap_matmul", start_params=start).fit(held_out, seed=1)
-    assert warm.loss_r.mean() < 0.8 * cold.loss_r.mean()
+    assert warm.loss_r.mean() < 0.5 * cold.loss_r.mean()
