@@ -4,10 +4,16 @@ On disk (an orbax composite checkpoint, one directory):
 
     <path>/arrays   StandardSave: {"fnet": {"params", "batch_stats"}, "center": C (D,),
                                    "scorer": the scorer's array entries (see fnet/scores.py),
-                                   optional: "patch_memory", "warm_start" (U-Net parameters)}
+                                   optional: "patch_memory", "warm_start" (U-Net parameters),
+                                   "tile_centers" (n_tiles, D)}
     <path>/meta     JsonSave: {"format_version", "preset" (Preset.to_dict()), "scorer" (its numbers
                                 and strings), "fingerprint", optional: "feature_scale",
-                                "patch_memory", "warm_start" ({"method", "steps", "inner_steps"})}
+                                "patch_memory", "warm_start" ({"method", "steps", "inner_steps"}),
+                                "tile_centers" ({"native_hw", "tile", "stride", "scale"})}
+
+Per-position centers (tiles.center "position", issue 16, fnet/tile_centers.py): one C per tile position
+of the grid over images of one native size, stored with that grid so a score job can check that its
+images and tiling are the ones they were made for.
 
 Warm start (issue 17, engine/warm_start.py): U-Net parameters trained once on the normal images, stored
 with the f-Net (`anounet train-fnet ... --warm-start STEPS`) so every job with fit.start=checkpoint
@@ -71,6 +77,7 @@ class Checkpoint:
     feature_scale: float | None = None  # mean L_C of the normal training images (None: older checkpoint)
     patch_memory: object = None  # fnet.patch_memory.PatchMemory, when the f-Net was trained with one
     warm_start: object = None  # engine.warm_start.WarmStart, when train-fnet stored one (--warm-start)
+    tile_centers: object = None  # fnet.tile_centers.TileCenters (tiles.center "position"), or None
 
     @property
     def trained(self):
@@ -123,10 +130,10 @@ def _digest(arrays: dict, scorer_scalars: dict, extra: dict | None = None) -> st
     return h.hexdigest()
 
 
-EXTRAS = ("feature_scale", "patch_memory", "warm_start")  # optional meta entries, in the fingerprint
+EXTRAS = ("feature_scale", "patch_memory", "warm_start", "tile_centers")  # optional meta entries, in the fingerprint
 
 
-def _extra(feature_scale, patch_memory, warm_start=None) -> dict:
+def _extra(feature_scale, patch_memory, warm_start=None, tile_centers=None) -> dict:
     out = {}
     if feature_scale is not None:
         out["feature_scale"] = float(feature_scale)
@@ -134,10 +141,13 @@ def _extra(feature_scale, patch_memory, warm_start=None) -> dict:
         out["patch_memory"] = {"scale": float(patch_memory.scale), "layers": list(patch_memory.layers)}
     if warm_start is not None:
         out["warm_start"] = warm_start.describe()
+    if tile_centers is not None:
+        out["tile_centers"] = tile_centers.describe()
     return out
 
 
-def _array_tree(fnet_variables, center, scorer, patch_memory=None, warm_start=None) -> tuple[dict, dict]:
+def _array_tree(fnet_variables, center, scorer, patch_memory=None, warm_start=None,
+                tile_centers=None) -> tuple[dict, dict]:
     if isinstance(fnet_variables, FrozenFNet):
         fnet_variables = fnet_variables.variables
     scorer_arrays, scorer_scalars = _split_scorer_state(scorer.state_dict())
@@ -148,22 +158,26 @@ def _array_tree(fnet_variables, center, scorer, patch_memory=None, warm_start=No
         arrays["patch_memory"] = np.asarray(patch_memory.memory, np.float32)
     if warm_start is not None:
         arrays["warm_start"] = _to_numpy_tree(warm_start.params)
+    if tile_centers is not None:
+        arrays["tile_centers"] = np.asarray(tile_centers.centers, np.float32)
     return arrays, scorer_scalars
 
 
 def fingerprint(fnet_variables, center, scorer, feature_scale: float | None = None, patch_memory=None,
-                warm_start=None) -> str:
+                warm_start=None, tile_centers=None) -> str:
     """The content fingerprint `save_checkpoint` would store for these values (hex SHA-256)."""
-    return _digest(*_array_tree(fnet_variables, center, scorer, patch_memory, warm_start),
-                   _extra(feature_scale, patch_memory, warm_start))
+    return _digest(*_array_tree(fnet_variables, center, scorer, patch_memory, warm_start, tile_centers),
+                   _extra(feature_scale, patch_memory, warm_start, tile_centers))
 
 
 def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwrite: bool = False,
-                    feature_scale: float | None = None, patch_memory=None, warm_start=None) -> str:
+                    feature_scale: float | None = None, patch_memory=None, warm_start=None,
+                    tile_centers=None) -> str:
     """Save f-Net variables (or a FrozenFNet), C, a fitted scorer, the feature scale (the mean L_C of
     the normal training images, `TrainedFNet.feature_scale`), the memory of normal patch features
     (`TrainedFNet.patch_memory`, if any), a warm start for the fits (`engine.warm_start.WarmStart`, if
-    any; its U-Net must be the preset's) and the preset as one checkpoint.
+    any; its U-Net must be the preset's), the per-position centers (`fnet.tile_centers.TileCenters`, if
+    any) and the preset as one checkpoint.
 
     Returns the content fingerprint. An existing `path` is an error unless overwrite=True (then it is
     replaced only once the new checkpoint is complete; see the module docstring).
@@ -172,13 +186,16 @@ def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwr
     if path.exists() and not overwrite:
         raise AnoUnetError("a checkpoint (or file) already exists here; pass overwrite=True to replace it",
                            path)
-    arrays, scorer_scalars = _array_tree(fnet_variables, center, scorer, patch_memory, warm_start)
+    arrays, scorer_scalars = _array_tree(fnet_variables, center, scorer, patch_memory, warm_start, tile_centers)
+    if tile_centers is not None and arrays["tile_centers"].shape[1:] != arrays["center"].shape:
+        raise AnoUnetError(f"per-position centers {arrays['tile_centers'].shape} do not match C "
+                           f"{arrays['center'].shape}", path)
     check_variables(preset.fnet, preset.image_size, arrays["fnet"])
     if warm_start is not None:
         from anounet_jax.engine.warm_start import check_start_shape
 
         check_start_shape(preset.unet, preset.image_size, arrays["warm_start"])
-    extra = _extra(feature_scale, patch_memory, warm_start)
+    extra = _extra(feature_scale, patch_memory, warm_start, tile_centers)
     digest = _digest(arrays, scorer_scalars, extra)
     meta = {"format_version": FORMAT_VERSION, "preset": preset.to_dict(), "scorer": scorer_scalars,
             "fingerprint": digest, **extra}
@@ -296,6 +313,12 @@ def load_checkpoint(path, expected_preset: Preset | None = None) -> Checkpoint:
 
         d = extra["warm_start"]
         warm = WarmStart(arrays["warm_start"], d["method"], int(d["steps"]), int(d.get("inner_steps", 0)))
+    tile_centers = None
+    if "tile_centers" in arrays and "tile_centers" in extra:
+        from anounet_jax.fnet.tile_centers import TileCenters
+
+        tile_centers = TileCenters.from_description(arrays["tile_centers"], extra["tile_centers"])
     return Checkpoint(preset=preset, fnet=fnet, center=np.asarray(arrays["center"], np.float32),
                       scorer=scorer, fingerprint=digest, path=str(path),
-                      feature_scale=extra.get("feature_scale"), patch_memory=memory, warm_start=warm)
+                      feature_scale=extra.get("feature_scale"), patch_memory=memory, warm_start=warm,
+                      tile_centers=tile_centers)

@@ -147,7 +147,8 @@ def cmd_train_fnet(args) -> int:
                                  warm_start_inner=args.warm_start_inner)
     warm = ("" if info["warm_start_seconds"] is None else
             f", warm start ({args.warm_start_method}, {args.warm_start} steps) in {info['warm_start_seconds']:.0f} s")
-    print(f"saved {info['path']}: f-Net on {info['normal']} normal + {info['reference']} reference images, "
+    on = f"{info['normal']} normal" if info["tiles"] is None else f"{info['tiles']} tiles of {info['normal']} normal"
+    print(f"saved {info['path']}: f-Net on {on} + {info['reference']} reference images, "
           f"{args.scorer} threshold {info['threshold']:.6g}{warm}, fingerprint {info['fingerprint'][:12]}")
     return 0
 

@@ -86,3 +86,48 @@ def test_position_centers_need_tiles(tmp_path):
         resolve_tiles(TINY.replace(tiles={"resize": True, "center": "position"}))
     with pytest.raises(AnoUnetError, match="unknown tiles.center 'middle'"):
         resolve_tiles(TINY.replace(tiles={"center": "middle"}))
+
+
+def test_train_fnet_stores_position_centers_and_the_score_job_fits_each_tile_toward_its_own(tmp_path, monkeypatch):
+    """`train-fnet aligned --set tiles.center=position`: the f-Net learns from tiles, the checkpoint keeps
+    one C per position of the 128 x 192 grid (with its tiling); `score` hands tile k of an image its
+    position's C, and an image of another size is a row problem, not a failed job."""
+    from PIL import Image
+
+    from anounet_jax.checkpoint import load_checkpoint
+    from anounet_jax.engine.fit import Engine
+    from anounet_jax.jobs.score.job import read_scores_csv, run_score_job
+    from anounet_jax.jobs.train_fnet import train_fnet_checkpoint
+
+    preset = TINY.replace(tiles={"center": "position"}, fit={"steps": 2},
+                          data={"n_train": 48, "n_reference_per_class": 4})
+    info = train_fnet_checkpoint("aligned", tmp_path / "ck", preset=preset, scorer="l2", progress=False,
+                                 log=lambda *a: None)
+    ck = load_checkpoint(tmp_path / "ck")
+    grid = TileSpec(32).grid(128, 192)
+    assert info["tiles"] == 48 and ck.tile_centers is not None
+    assert ck.tile_centers.centers.shape == (grid.n_tiles, len(ck.center)) and ck.tile_centers.hw == (128, 192)
+    _, test = aligned_set(0, 1, 1, hw=(128, 192), seed=5)
+    d = tmp_path / "in"
+    d.mkdir()
+    for name, x in (("a.png", test.images[0]), ("b.png", test.images[1]), ("c.png", test.images[0][:96])):
+        Image.fromarray(np.round(x * 255).astype(np.uint8)).save(d / name)
+    seen = []
+    real = Engine.fit_chunk
+
+    def spy(self, images, indices, seed=0, centers=None):
+        seen.append((np.asarray(indices).copy(), None if centers is None else np.asarray(centers).copy()))
+        return real(self, images, indices, seed, centers)
+
+    monkeypatch.setattr(Engine, "fit_chunk", spy)
+    summary = run_score_job(d, tmp_path / "ck", tmp_path / "out", visualize="all", progress=False,
+                            log=lambda *a: None)
+    rows = {r["file"]: r for r in read_scores_csv(tmp_path / "out" / "scores.csv")}
+    assert rows["a.png"]["status"] == rows["b.png"]["status"] == "ok"
+    assert "per-position centers" in rows["c.png"]["status"] and "96x192" in rows["c.png"]["status"]
+    assert summary.exit_code == 1  # a row failed; the others were mapped
+    indices = np.concatenate([i for i, _ in seen])
+    centers = np.concatenate([c for _, c in seen])
+    assert len(indices) == 2 * grid.n_tiles
+    k = indices % grid.n_tiles  # a.png and b.png come first: tile k of either image has index i * P + k
+    np.testing.assert_array_equal(centers, ck.tile_centers.centers[k])

@@ -10,7 +10,8 @@ noise. A defective image has one part left out: its pixels show the plate that l
 mask is exactly those pixels. The layout leaves about half the plate bare, so bare plate is common
 and a missing part cannot be found by "unlike any normal tile" alone.
 
-`aligned_set(n_train, n_good, n_missing, hw, seed)` -> (train, test) `NativeSet`s (data/native.py).
+`aligned_set(n_train, n_good, n_missing, hw, seed)` -> (train, test) `NativeSet`s (data/native.py);
+test ids MVTec-style, test/good/NNN and test/missing_<part>/NNN (the kind is the part left out).
 """
 
 from __future__ import annotations
@@ -97,14 +98,14 @@ def aligned_set(n_train: int = 24, n_good: int = 8, n_missing: int = 16, hw: tup
     images, masks, ids, defects = [], [], [], []
     for i in range(n_good):
         x, m = render(hw, rng, jitter)
-        images.append(x), masks.append(m), ids.append(f"good_{i:03d}"), defects.append([])
+        images.append(x), masks.append(m), ids.append(f"test/good/{i:03d}"), defects.append([])
     for i in range(n_missing):
         part = i % n_parts
         kind = _layout(*hw)[part][0]
         x, m = render(hw, rng, jitter, missing=part)
-        images.append(x), masks.append(m), ids.append(f"missing_{kind}_{i:03d}")
+        images.append(x), masks.append(m), ids.append(f"test/missing_{kind}/{i:03d}")
         ys, xs = np.nonzero(m)
         defects.append([(f"missing {kind}", int(max(np.ptp(ys), np.ptp(xs)) + 1), int(ys.mean()), int(xs.mean()))])
     labels = np.array([0] * n_good + [1] * n_missing, np.int64)
-    return (NativeSet(train, ids=[f"train_{i:03d}" for i in range(n_train)]),
+    return (NativeSet(train, ids=[f"train/good/{i:03d}" for i in range(n_train)]),
             NativeSet(images, masks, labels, ids, defects))

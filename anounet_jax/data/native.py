@@ -42,7 +42,46 @@ class NativeSet:
         return len(self.images)
 
     def sizes(self) -> list[tuple[int, int]]:
+        if isinstance(self.images, FolderImages):
+            return self.images.sizes()
         return [tuple(x.shape[:2]) for x in self.images]
+
+
+class FolderImages:
+    """Image files read on demand, at their own size: `len`, `[i]` (float32 (H, W, 3) in [0, 1]) and
+    `sizes()` from the headers only. For normal images that are only cut into a few tiles, or read one
+    at a time, so that a folder of large images is never all in memory (train-fnet on tiles)."""
+
+    def __init__(self, paths):
+        from anounet_jax.data.io import image_size
+
+        self.paths = list(paths)
+        self._sizes = [image_size(p) for p in self.paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from anounet_jax.data.io import load_image
+
+        return load_image(self.paths[i])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def sizes(self) -> list[tuple[int, int]]:
+        return list(self._sizes)
+
+
+def native_folder(folder, recursive: bool = False) -> NativeSet:
+    """The image files of a folder as a NativeSet of normal images read on demand (`FolderImages`)."""
+    from pathlib import Path
+
+    from anounet_jax.data.io import list_images
+
+    paths = list_images(folder, recursive)
+    return NativeSet(FolderImages(paths), labels=np.zeros(len(paths), np.int64),
+                     ids=[str(Path(p).relative_to(folder)) for p in paths])
 
 
 # ------------------------------------------------------------------------------------- defects

@@ -356,6 +356,8 @@ class TiledImage:
     grid: TileGrid
     first_index: int | None = None
     payload: Any = None
+    # (n_tiles, D): each tile's own C (tiles.center "position", fnet/tile_centers.py); None: the engine's C
+    centers: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -466,17 +468,22 @@ class TileStream:
         if first < 0 or first + item.grid.n_tiles > MAX_INDEX:
             raise AnoUnetError(f"tile indices {first}..{first + item.grid.n_tiles - 1} are outside 0..2**32-1")
         self._counter = first + item.grid.n_tiles
+        if item.centers is not None and len(item.centers) != item.grid.n_tiles:
+            raise AnoUnetError(f"image {item.key!r}: {len(item.centers)} per-tile centers for "
+                               f"{item.grid.n_tiles} tiles")
         entry = _Entry(item, first)
         self._entries.append(entry)
         self.max_in_flight = max(self.max_in_flight, len(self._entries))
         return entry
 
-    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(indices int64 (n,), tiles float32 (n, T, T, C)) with n = chunk_size (the last chunk fewer)."""
+    def chunks(self) -> Iterator[tuple]:
+        """(indices int64 (n,), tiles float32 (n, T, T, C)) with n = chunk_size (the last chunk fewer);
+        when the images carry per-tile centers (`TiledImage.centers`), (indices, tiles, centers (n, D))."""
         entry, k = None, 0
+        with_centers = None
         while True:
             t0 = time.perf_counter()
-            idx, parts, n = [], [], 0
+            idx, parts, n, cparts = [], [], 0, []
             while n < self.chunk_size:
                 if entry is None or k >= entry.item.grid.n_tiles:
                     entry, k = self._next_entry(), 0
@@ -488,6 +495,13 @@ class TileStream:
                         raise AnoUnetError(f"image {entry.item.key!r} is cut into {tile}x{tile} tiles, "
                                            f"the stream's other tiles are {parts[0].shape[1]}x{parts[0].shape[2]}")
                 take = min(self.chunk_size - n, entry.item.grid.n_tiles - k)
+                if with_centers is None:
+                    with_centers = entry.item.centers is not None
+                if with_centers != (entry.item.centers is not None):
+                    raise AnoUnetError(f"image {entry.item.key!r}: either every image of a tile stream has "
+                                       f"per-tile centers or none has")
+                if with_centers:
+                    cparts.append(np.asarray(entry.item.centers[k:k + take], np.float32))
                 block = np.empty((take, tile, tile, padded.shape[2]), np.float32)
                 for j in range(take):
                     y, x = entry.item.grid.corner(k + j)
@@ -502,7 +516,11 @@ class TileStream:
             self.cut_seconds += time.perf_counter() - t0
             if not n:
                 return
-            yield np.asarray(idx, np.int64), parts[0] if len(parts) == 1 else np.concatenate(parts)
+            tiles = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            if with_centers:
+                yield np.asarray(idx, np.int64), tiles, np.concatenate(cparts)
+            else:
+                yield np.asarray(idx, np.int64), tiles
 
     # -- stitching
     def add(self, indices, result) -> Iterator[StitchedImage]:

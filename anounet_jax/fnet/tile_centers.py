@@ -16,6 +16,8 @@ sit closer to their few normal tiles than to new ones, so an in-sample scale wou
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from anounet_jax.data.tiling import TileGrid, cut
@@ -51,3 +53,38 @@ def tile_distances(fnet, tiles: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """float32 (n,): mean|f(tile_i) - centers_i| for tiles (n, T, T, 3) and their centers (n, D)."""
     feats = fnet.features(np.asarray(tiles, np.float32))
     return np.mean(np.abs(feats - np.asarray(centers, np.float32)), axis=1).astype(np.float32)
+
+
+@dataclasses.dataclass
+class TileCenters:
+    """C per tile position as a checkpoint stores it: the centers (n_tiles, D) of the grid that
+    (tile, stride, scale) make over images of native size `hw` = (height, width)."""
+
+    centers: np.ndarray
+    hw: tuple[int, int]
+    tile: int
+    stride: int
+    scale: float
+
+    def describe(self) -> dict:
+        return {"native_hw": [int(v) for v in self.hw], "tile": int(self.tile), "stride": int(self.stride),
+                "scale": float(self.scale)}
+
+    @classmethod
+    def from_description(cls, centers, d: dict) -> "TileCenters":
+        return cls(np.asarray(centers, np.float32), tuple(int(v) for v in d["native_hw"]), int(d["tile"]),
+                   int(d["stride"]), float(d["scale"]))
+
+    def check_tiling(self, spec) -> None:
+        """A one-line error unless `spec` (a TileSpec) is the tiling these centers were made for."""
+        if (spec.tile, spec.stride, spec.scale) != (self.tile, self.stride, self.scale):
+            raise AnoUnetError(f"the checkpoint's per-position centers were made for tiles of {self.tile} "
+                               f"(stride {self.stride}, scale {self.scale}), not {spec.tile} (stride "
+                               f"{spec.stride}, scale {spec.scale}); score with the checkpoint's tiling")
+
+    def for_image(self, hw) -> np.ndarray:
+        """The centers for an image of native size hw, or a one-line error (another size)."""
+        if tuple(hw) != tuple(self.hw):
+            raise AnoUnetError(f"image is {hw[0]}x{hw[1]}; the checkpoint's per-position centers "
+                               f"(tiles.center 'position') are for {self.hw[0]}x{self.hw[1]} images")
+        return self.centers

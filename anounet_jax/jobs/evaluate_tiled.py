@@ -114,7 +114,7 @@ def scaled(image: np.ndarray, spec: TileSpec) -> np.ndarray:
 def train_tiles(train: NativeSet, spec: TileSpec, n: int, seed: int) -> ImageSet:
     """Up to n tiles of the normal images (the grid's tiles, drawn without replacement, seeded): what
     the f-Net and every baseline train on when tiling, at the tile size."""
-    pairs = [(i, k) for i, x in enumerate(train.images) for k in range(spec.n_tiles(*x.shape[:2]))]
+    pairs = [(i, k) for i, hw in enumerate(train.sizes()) for k in range(spec.n_tiles(*hw))]
     if not pairs:
         raise AnoUnetError("no normal training images")
     rng = np.random.default_rng([seed, 21])
@@ -124,9 +124,10 @@ def train_tiles(train: NativeSet, spec: TileSpec, n: int, seed: int) -> ImageSet
         i, k = pairs[j]
         by_image.setdefault(i, []).append(k)
     tiles, ids = [], []
-    for i, ks in by_image.items():
-        x = scaled(train.images[i], spec)
-        grid = spec.grid(*train.images[i].shape[:2])
+    for i, ks in by_image.items():  # only the images a tile is drawn from are read
+        native = train.images[i]
+        x = scaled(native, spec)
+        grid = spec.grid(*native.shape[:2])
         all_tiles = cut(x, grid)
         tiles.append(all_tiles[ks])
         ids += [f"{train.ids[i]}#{k}" for k in ks]

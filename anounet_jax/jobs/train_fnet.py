@@ -1,10 +1,18 @@
 """`anounet train-fnet`: normal images -> trained f-Net, C, image scorer -> one orbax checkpoint.
 
-Normal images: a folder (resized to the preset's image size) or a named source (data/sources.py:
-"embedded", "synthetic:FAMILY": its normal training images). Reference images: always the built-in
-`load_reference(...)` set for the preset's data category, image size and n_reference_per_class. The
-scorer is fitted on the f-Net features of the normal images (its threshold = their 95% quantile, see
-fnet/scores.py).
+Normal images: a folder or a named source (data/sources.py: "embedded", "synthetic:FAMILY", "aligned":
+its normal training images). Reference images: always the built-in `load_reference(...)` set for the
+preset's data category, n_reference_per_class and input size.
+
+Tiles (the default: the score job maps tiles at the images' native size, preset.tiles). The f-Net, C,
+its feature scale and the warm start learn from what the fits will see: up to data.n_train tiles of
+the normal images at their own size (drawn from their grids, seeded, as `anounet evaluate --native`
+draws them; only the images a tile comes from are read), the reference set at the tile size. With
+tiles.center "position" the checkpoint also stores one C per tile position (fnet/tile_centers.py),
+from normal images that must share one size. The scorer (the score job's image score and flags) is
+fitted on the f-Net features of the whole normal images resized to the preset's size, as the score
+job computes them (its threshold = their 95% quantile, see fnet/scores.py). With tiles.resize
+(`--set tiles.resize=true`) everything is on the resized images, as before tiling.
 
 The checkpoint stores the preset the f-Net was trained with, `--method` applied; scoring with it
 needs nothing else (`anounet score ... --ckpt CKPT`).
@@ -38,6 +46,8 @@ def train_fnet_checkpoint(data, out, *, preset="small", method: str | None = Non
     from anounet_jax.fnet.scores import make_scorer
     from anounet_jax.fnet.train import describe, train_fnet
     from anounet_jax.jobs.common import check_seed, prepare_out_dir
+    from anounet_jax.jobs.evaluate_tiled import scaled, train_tiles
+    from anounet_jax.jobs.score.model import resolve_tiles
 
     p = get_preset(preset) if isinstance(preset, str) else preset
     if method is not None:
@@ -58,30 +68,83 @@ def train_fnet_checkpoint(data, out, *, preset="small", method: str | None = Non
         raise AnoUnetError("a checkpoint (or file) already exists here; pass --overwrite to replace it", out)
     prepare_out_dir(out.parent)
     sc = make_scorer(scorer)
-    normal = load_normal_images(data, p, seed, recursive)
+    spec = resolve_tiles(p)
+    tile_centers = None
+    if spec is None:
+        normal = load_normal_images(data, p, seed, recursive)
+        fit_inputs, size, what = normal, p.image_size, "normal images"
+    else:
+        native = load_native_normal(data, p, seed, recursive)
+        if p.tiles.center == "position":
+            sizes = sorted(set(native.sizes()))
+            if len(sizes) != 1:
+                raise AnoUnetError(f"tiles.center 'position' needs normal images of one size (tile k must show "
+                                   f"the same place), got {len(sizes)} sizes: "
+                                   + ", ".join(f"{h}x{w}" for h, w in sizes[:4]), data)
+        normal = resized_set(native, p.image_size)
+        fit_inputs = train_tiles(native, spec, p.data.n_train, seed)
+        size, what = spec.tile, f"tiles of {len(native)} normal images"
     if len(normal) < 2:
         raise AnoUnetError(f"the f-Net and the {scorer} scorer need at least 2 normal images, found "
                            f"{len(normal)}", data)
-    reference = load_reference(p.data.category, p.image_size, p.data.n_reference_per_class, seed)
-    log(f"f-Net ({describe(p.fnet)}): {len(normal)} normal, {len(reference)} reference images "
-        f"of {p.image_size}x{p.image_size}")
-    trained = train_fnet(p.fnet, normal, reference, seed=seed, progress=progress)
+    reference = load_reference(p.data.category, size, p.data.n_reference_per_class, seed)
+    log(f"f-Net ({describe(p.fnet)}): {len(fit_inputs)} {what}, {len(reference)} reference images "
+        f"of {size}x{size}")
+    trained = train_fnet(p.fnet, fit_inputs, reference, seed=seed, progress=progress)
+    n_reference = len(reference)
+    del reference
+    if spec is None:
+        features = trained.train_features
+    else:  # the scorer reads whole images at the preset's size, as the score job does
+        features = trained.fnet.features(normal.images)
+        if p.tiles.center == "position":
+            from anounet_jax.fnet.tile_centers import TileCenters, position_centers
+
+            grid = spec.grid(*native.sizes()[0])
+            centers = position_centers(trained.fnet, (scaled(x, spec) for x in native.images), grid)
+            tile_centers = TileCenters(centers, native.sizes()[0], spec.tile, spec.stride, spec.scale)
+            log(f"C per tile position: {len(centers)} centers ({grid.rows} x {grid.cols} tiles)")
     if sc.kind == "distance":
-        sc.fit(trained.train_features, center=trained.center)
+        sc.fit(features, center=features.mean(0) if spec is not None else trained.center)
     else:
-        sc.fit(trained.train_features)
+        sc.fit(features)
     start, seconds = None, None
     if warm_start:
         import time
 
-        log(f"warm start ({warm_start_method}, {warm_start} steps) on the {len(normal)} normal images")
+        log(f"warm start ({warm_start_method}, {warm_start} steps) on the {len(fit_inputs)} {what}")
         t0 = time.perf_counter()
         kw = {"inner_steps": warm_start_inner} if warm_start_method == "reptile" else {}
-        start = make_start(warm_start_method, p, trained, normal.images, warm_start, seed=seed,
+        start = make_start(warm_start_method, p, trained, fit_inputs.images, warm_start, seed=seed,
                            progress=progress, **kw)
         seconds = time.perf_counter() - t0
     digest = save_checkpoint(out, p, trained.fnet, trained.center, sc, overwrite=overwrite,
                              feature_scale=trained.feature_scale, patch_memory=trained.patch_memory,
-                             warm_start=start)
+                             warm_start=start, tile_centers=tile_centers)
     return {"fingerprint": digest, "threshold": sc.threshold, "normal": len(normal),
-            "reference": len(reference), "path": str(out), "warm_start_seconds": seconds}
+            "tiles": None if spec is None else len(fit_inputs), "reference": n_reference, "path": str(out),
+            "warm_start_seconds": seconds}
+
+
+def load_native_normal(data, preset, seed: int = 0, recursive: bool = False):
+    """Normal images at their own size (a NativeSet): a folder's files read on demand, or a named
+    source's normal training images as tiled evaluation loads them."""
+    from anounet_jax.data.native import native_folder
+    from anounet_jax.data.sources import parse_source
+    from anounet_jax.jobs.evaluate_tiled import load_native
+
+    kind, path = parse_source(data)
+    if kind == "folder":
+        return native_folder(path, recursive)
+    return load_native(data, preset, seed)[2]
+
+
+def resized_set(native, size: int):
+    """The normal images resized (squashed) to size x size, one image read at a time."""
+    import numpy as np
+
+    from anounet_jax.data.tiling import resize_image
+    from anounet_jax.data.types import ImageSet
+
+    x = np.stack([resize_image(img, (size, size)) for img in native.images])
+    return ImageSet(x, labels=np.zeros(len(x), np.int64), ids=list(native.ids))

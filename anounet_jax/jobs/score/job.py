@@ -577,10 +577,10 @@ def _fit_tiled(out: Path, model: ScoringModel, ids, natives, offsets, chunk, out
             pos = int(chunk.indices[j])
             try:
                 native = natives.load_pixels(pos)  # uint8 for 8-bit files: converted tile / band-wise
+                item = model.tiled_image((j, pos), native, int(offsets[pos]))  # (per-position C: its size)
             except AnoUnetError as e:
                 fits[j] = (None, None, e.problem)
                 continue
-            item = model.tiled_image((j, pos), native, int(offsets[pos]))
             if item.grid.n_tiles != offsets[pos + 1] - offsets[pos]:
                 fits[j] = (None, None, f"image is {native.shape[0]}x{native.shape[1]}, its header said otherwise "
                                        f"when the job started")

@@ -21,9 +21,13 @@ preset's image size) with stride tiles.stride (default half the tile), each tile
 and the tile maps are stitched back, smoothed by preset.maps at the tiled resolution and resized to
 the native size if scaled. Tile k of the image at global position i has the engine index
 offsets[i] + k (`tile_offsets` over every image's size), so its U-Net does not depend on chunking,
-resuming or processes. The image score stays the f-Net's score of the whole image resized to the
-preset's size (as the checkpoint's scorer was fitted). tiles.resize = True is the path before tiling:
-every image resized to the preset's square size, maps at that size.
+resuming or processes. The checkpoint's f-Net and C were trained on tiles (jobs/train_fnet.py); with
+tiles.center "position" each tile is fitted toward its own position's C from the checkpoint, and an
+image of another size than the one those centers were made for is a row problem ("image is HxW; the
+checkpoint's per-position centers ... are for ..."), not a failed job. The image score stays the
+f-Net's score of the whole image resized to the preset's size (as the checkpoint's scorer was
+fitted). tiles.resize = True is the path before tiling: every image resized to the preset's square
+size, maps at that size.
 """
 
 from __future__ import annotations
@@ -145,6 +149,8 @@ class TiledMaps:
 class ScoringModel:
     """Checkpoint (path or loaded `Checkpoint`) + preset -> `process(images, indices, visualize)`."""
 
+    tile_centers = None  # fnet.tile_centers.TileCenters when tiles.center is "position" (set in __init__)
+
     def __init__(self, checkpoint, preset: Preset | str | None = None, *, threshold: float | None = None,
                  seed: int = 0, formulation: str | None = None):
         from anounet_jax.checkpoint import Checkpoint, load_checkpoint
@@ -164,6 +170,12 @@ class ScoringModel:
         self.threshold = check_threshold(ckpt.scorer.threshold if threshold is None else threshold)
         self.threshold_overridden = threshold is not None
         self.tiles = resolve_tiles(self.preset)
+        if self.tiles is not None and self.preset.tiles.center == "position":
+            if ckpt.tile_centers is None:
+                raise AnoUnetError("tiles.center 'position' needs a checkpoint with per-position centers; "
+                                   "train it with `anounet train-fnet ... --set tiles.center=position`", ckpt.path)
+            ckpt.tile_centers.check_tiling(self.tiles)
+            self.tile_centers = ckpt.tile_centers
         self._engine = None
 
     @property
@@ -226,8 +238,9 @@ class ScoringModel:
         converted tile by tile)."""
         spec = self.tiles
         h, w = native.shape[:2]
+        centers = None if self.tile_centers is None else self.tile_centers.for_image((h, w))
         scaled = resize_image(float_pixels(native), spec.scaled_hw(h, w)) if spec.scale != 1.0 else native
-        return TiledImage(key, scaled, spec.grid(h, w), int(first_index), payload=native)
+        return TiledImage(key, scaled, spec.grid(h, w), int(first_index), payload=native, centers=centers)
 
     def fit_tiled(self, items, on_tiles=None, bands=None, stream_out: list | None = None):
         """TiledMaps per item (TiledImage from `tiled_image`), in order, each as soon as its last tile
