@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warm-start", type=_seed, default=0, metavar="STEPS",
                    help="also train a warm start for the per-image fits on the normal images and store it "
                         "(0: none, the default)")
-    g.add_argument("--warm-start-method", choices=("shared", "reptile"), default="shared",
+    g.add_argument("--warm-start-method", choices=("shared", "reptile"), default="reptile",
                    help="shared: one U-Net trained on all normal images (STEPS Adam steps); reptile: "
                         "meta-learned (STEPS outer steps) (default: %(default)s)")
     g.add_argument("--warm-start-inner", type=_positive, default=10, metavar="K",

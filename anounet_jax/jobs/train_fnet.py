@@ -33,7 +33,7 @@ from anounet_jax.errors import AnoUnetError
 def train_fnet_checkpoint(data, out, *, preset="small", method: str | None = None, scorer: str = "lof",
                           seed: int = 0, recursive: bool = False, overwrite: bool = False,
                           progress: bool = True, log=print, warm_start: int = 0,
-                          warm_start_method: str = "shared", warm_start_inner: int = 10) -> dict:
+                          warm_start_method: str = "reptile", warm_start_inner: int = 10) -> dict:
     """Train, score-fit and save; returns {"fingerprint", "threshold", "normal", "reference", "path",
     "warm_start_seconds" (None without a warm start)}. Every argument and the output place are checked
     before training starts.
