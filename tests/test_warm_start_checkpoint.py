@@ -71,15 +71,22 @@ def test_the_stored_warm_start_round_trips_and_drives_the_same_fits(tmp_path, fn
     assert [k for k, _ in saved] == [k for k, _ in loaded]
     for (_, a), (_, b) in zip(saved, loaded):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    # fit.start=checkpoint: every fit starts from the stored parameters, exactly as from the in-memory ones
-    start = start_params_for(FROM_CHECKPOINT, ck.trained)
+    # fit.start=checkpoint: every fit starts from the stored parameters (Engine.for_trained reads the
+    # setting, as the score job's engine does), exactly as from the in-memory ones
     test = images[8:10]
-    stored = Engine.for_trained(FROM_CHECKPOINT, ck.trained, formulation="loop", start_params=start).fit(test, seed=1)
+    stored = Engine.for_trained(FROM_CHECKPOINT, ck.trained, formulation="loop").fit(test, seed=1)
     memory = Engine.from_preset(FROM_CHECKPOINT, fnet, center, formulation="loop",
                                 start_params=warm.params).fit(test, seed=1)
-    cold = Engine.for_trained(FROM_CHECKPOINT, ck.trained, formulation="loop").fit(test, seed=1)
+    cold = Engine.for_trained(FROM_CHECKPOINT.replace(fit={"start": "cold"}), ck.trained,
+                              formulation="loop").fit(test, seed=1)
     np.testing.assert_array_equal(stored.heatmap, memory.heatmap)
     assert np.abs(stored.recon - cold.recon).max() > 1e-3  # and that is not the random start
+    from anounet_jax.jobs.score.model import ScoringModel
+
+    job_engine = ScoringModel(path, FROM_CHECKPOINT).engine
+    assert job_engine.start_params is not None
+    for a, b in zip(jax.tree.leaves(job_engine.start_params), jax.tree.leaves(warm.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # a changed warm start is a corrupt checkpoint, not a silent different start
     other = WarmStart(jax.tree.map(lambda a: a + 1.0, warm.params), "reptile", 7, 3)
     assert fingerprint(fnet, center, scorer, warm_start=other) != digest

@@ -161,7 +161,12 @@ class Engine:
 
     @classmethod
     def for_trained(cls, preset, trained, **kw) -> "Engine":
-        """The preset's engine on the f-Net stage's result (`fnet.train.TrainedFNet`)."""
+        """The preset's engine on the f-Net stage's result (`fnet.train.TrainedFNet`, or a checkpoint's
+        `trained`); fit.start "checkpoint" starts every fit from the checkpoint's warm start."""
+        from anounet_jax.engine.warm_start import start_params_for
+
+        if "start_params" not in kw:
+            kw["start_params"] = start_params_for(preset, trained)
         return cls.from_preset(preset, trained.fnet, trained.center, trained.feature_scale,
                                trained.patch_memory, **kw)
 
