@@ -189,7 +189,7 @@ class _RssSampler:
         return {"sampled_peak_mib": peak, "sampled_peak_at_pct": 100 * t_peak / t_end if t_end else 0.0, **at}
 
 
-def memory(folder: Path, size: int, steps: int, chunk: int | None, overrides) -> dict:
+def memory(folder: Path, size: int, steps: int, chunk: int | None, overrides, low_memory: bool = False) -> dict:
     os.environ["ANOUNET_CACHE_DIR"] = "off"
     from anounet_jax import cli
 
@@ -200,6 +200,8 @@ def memory(folder: Path, size: int, steps: int, chunk: int | None, overrides) ->
         args += ["--set", o]
     if chunk:
         args += ["--set", f"engine.chunk_size={chunk}"]
+    if low_memory:
+        args.append("--low-memory")
     sampler = _RssSampler()
     t0 = time.perf_counter()
     code = cli.main(args)
@@ -277,6 +279,7 @@ def main(argv=None) -> None:
     ap.add_argument("--memory-sizes", default="512,2048")
     ap.add_argument("--memory-steps", type=int, default=1)
     ap.add_argument("--chunk", type=int, default=None, help="engine chunk (default: the preset's)")
+    ap.add_argument("--low-memory", action="store_true", help="memory runs with `anounet score --low-memory`")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="preset override, repeatable")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "tiling_small"))
     a = ap.parse_args(argv)
@@ -284,7 +287,7 @@ def main(argv=None) -> None:
         print(json.dumps(speed(Path(a.folder), a.size, a.overrides)))
         return
     if a.mode == "memory":
-        print(json.dumps(memory(Path(a.folder), a.size, a.memory_steps, a.chunk, a.overrides)))
+        print(json.dumps(memory(Path(a.folder), a.size, a.memory_steps, a.chunk, a.overrides, a.low_memory)))
         return
     sizes = [int(s) for s in a.memory_sizes.split(",")]
     if a.mode == "setup":
@@ -306,7 +309,8 @@ def main(argv=None) -> None:
     t = get_preset(a.preset).image_size
     for size in sizes:
         m = _child("memory", "--folder", str(folder), "--size", str(size), "--memory-steps", str(a.memory_steps),
-                   *(["--chunk", str(a.chunk)] if a.chunk else []), *extra)
+                   *(["--chunk", str(a.chunk)] if a.chunk else []), *(["--low-memory"] if a.low_memory else []),
+                   *extra)
         m["tiles"] = TileSpec(t).n_tiles(size, size)
         print(json.dumps(m), flush=True)
         mem.append(m)

@@ -281,3 +281,15 @@ def test_read_pixels_keeps_the_files_bytes_and_converts_like_load_image(tmp_path
         assert raw.shape == (23, 31, 3) and raw.dtype == kinds.get(name, np.uint8), name
         np.testing.assert_array_equal(float_pixels(raw), load_image(tmp_path / name), err_msg=name)
         np.testing.assert_array_equal(float_pixels(raw[5:9]), load_image(tmp_path / name)[5:9])
+
+
+def test_malloc_bound_is_opt_in_for_thresholds_and_leaves_user_settings_alone(monkeypatch):
+    import platform
+
+    from anounet_jax.jobs.score.job import bound_malloc
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the user's own glibc settings win
+    assert bound_malloc(low_memory=True) is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert bound_malloc(low_memory=False) is True

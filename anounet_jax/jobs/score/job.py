@@ -165,15 +165,16 @@ class JobSummary:
         return self.processed_images / self.seconds if self.seconds > 0 else float("nan")
 
 
-def bound_malloc() -> bool:
-    """glibc's malloc set so that a long job's resident memory follows what it holds: at most 2 arenas
-    (M_ARENA_MAX) instead of up to 8 per core, and a fixed mmap threshold and trim threshold of 128 KiB
-    (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD; by default the mmap threshold rises to the largest block
-    freed so far, up to 32 MiB, after which every chunk-sized array comes from the arenas and stays
-    there as fragmented free memory). Measured on `anounet score` of one 1024 x 1024 image (961 tiles,
-    2-core CPU): peak RSS 1266 MiB by default, 1059 MiB with these settings; the RSS of the default
-    grew with the number of tiles fitted, not with the image. Does nothing (returns False) where
-    malloc is not glibc's or where the user set any MALLOC_* variable (theirs win)."""
+def bound_malloc(low_memory: bool = False) -> bool:
+    """glibc's malloc set for a long job: at most 2 arenas (M_ARENA_MAX) instead of up to 8 per core;
+    with low_memory also a fixed mmap threshold and trim threshold of 128 KiB (M_MMAP_THRESHOLD,
+    M_TRIM_THRESHOLD; by default the mmap threshold rises to the largest block freed so far, up to 32
+    MiB, after which every chunk-sized array comes from the arenas and stays there as fragmented free
+    memory). Measured on 2 CPU cores (benchmarks/results/tiling_small.md): the fixed thresholds keep
+    the resident memory to what the job holds (a 4096 x 4096 image within 3% of a 512 x 512 one) but
+    make every large array a fresh mmap, 1.70x the wall time of a small score job (farm-bench, 3
+    pairs); 2 arenas alone cost 1.02x. Does nothing (returns False) where malloc is not glibc's or
+    where the user set any MALLOC_* variable (theirs win)."""
     import ctypes
     import platform
 
@@ -185,8 +186,10 @@ def bound_malloc() -> bool:
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-    return bool(mallopt(m_arena_max, 2) and mallopt(m_mmap_threshold, 128 * 1024)
-                and mallopt(m_trim_threshold, 128 * 1024))
+    ok = bool(mallopt(m_arena_max, 2))
+    if low_memory:
+        ok = ok and bool(mallopt(m_mmap_threshold, 128 * 1024) and mallopt(m_trim_threshold, 128 * 1024))
+    return ok
 
 
 def _lock(out: Path, name: str = ".lock"):
@@ -273,7 +276,7 @@ def _read_part(path: Path, lo: int, hi: int) -> list[dict] | None:
 def run_score_job(inputs, checkpoint, out, *, preset=None, visualize: str = "flagged",
                   threshold: float | None = None, chunk_size: int | None = None, seed: int = 0,
                   formulation: str | None = None, recursive: bool = False, progress: bool = True,
-                  log=print) -> JobSummary:
+                  log=print, low_memory: bool = False) -> JobSummary:
     """Score every image of `inputs` (a folder, or "embedded") into `out`; resumes a killed job.
 
     Returns a JobSummary (counts; exit_code 1 if any image failed). AnoUnetError for a missing or
@@ -292,7 +295,7 @@ def run_score_job(inputs, checkpoint, out, *, preset=None, visualize: str = "fla
 
     t0 = time.perf_counter()
     check_visualize(visualize)
-    bound_malloc()
+    bound_malloc(low_memory)
     chunk_size = DEFAULT_CHUNK if chunk_size is None else int(chunk_size)
     if chunk_size <= 0:
         raise AnoUnetError(f"chunk size must be positive, got {chunk_size}")
