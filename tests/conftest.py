@@ -37,3 +37,20 @@ def random_fnet():
 
 def tiny_fit(**changes):
     return dataclasses.replace(TINY.fit, **changes)
+
+
+def make_tiles_diverge(monkeypatch, bad):
+    """Engine.iter_fit with the tiles of global index in `bad` reported diverged (NaN map and
+    reconstruction), as a fit that went non-finite leaves them."""
+    from anounet_jax.engine.fit import Engine
+
+    fit = Engine.iter_fit
+
+    def diverging(self, chunks, seed=0):
+        for idx, res in fit(self, chunks, seed):
+            hit = np.isin(idx, bad)
+            res.diverged = res.diverged | hit
+            res.heatmap[hit], res.recon[hit] = np.nan, np.nan
+            yield idx, res
+
+    monkeypatch.setattr(Engine, "iter_fit", diverging)

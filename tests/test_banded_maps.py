@@ -15,6 +15,7 @@ from anounet_jax.jobs.score.files import atomic_write_npz, png_bytes
 from anounet_jax.jobs.score.job import (_MapWriter, _overlay, _thumbnail, map_path, overlay_path,
                                         thumb_path)
 from anounet_jax.jobs.score.model import BandSmoother, ScoringModel, smooth_map, smoothing_radius
+from tests.conftest import make_tiles_diverge
 from tests.test_tiling import identity_fit
 
 
@@ -219,7 +220,6 @@ def test_score_job_maps_equal_the_whole_image_path(tmp_path, monkeypatch):
     from anounet_jax import cli
     from anounet_jax.config import TINY
     from anounet_jax.data.io import load_image
-    from anounet_jax.engine.fit import Engine
     from anounet_jax.jobs.score.job import read_scores_csv
     from tests.test_score_tiled import _args
 
@@ -229,16 +229,7 @@ def test_score_job_maps_equal_the_whole_image_path(tmp_path, monkeypatch):
     (tmp_path / "in").mkdir()
     Image.fromarray(photo).save(tmp_path / "in" / "p.png")
     bad = [0, 25]
-    fit = Engine.iter_fit
-
-    def diverging(self, chunks, seed=0):
-        for idx, res in fit(self, chunks, seed):
-            hit = np.isin(idx, bad)
-            res.diverged = res.diverged | hit
-            res.heatmap[hit], res.recon[hit] = np.nan, np.nan
-            yield idx, res
-
-    monkeypatch.setattr(Engine, "iter_fit", diverging)
+    make_tiles_diverge(monkeypatch, bad)
     assert cli.main(_args(tmp_path / "in", ck, tmp_path / "new")) == 1  # partly diverged: a failure
     [row] = read_scores_csv(tmp_path / "new" / "scores.csv")
     assert row["status"].startswith("diverged: 2 of ")

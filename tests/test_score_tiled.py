@@ -4,7 +4,6 @@ image's own size; chunking and resuming do not change a byte; --resize is the pa
 a partly diverged image keeps its map and names its tiles; bad settings are one-line errors."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from anounet_jax import cli
 from anounet_jax.config import TINY
 from anounet_jax.data.embedded import load_normal, load_test
 from anounet_jax.jobs.score.job import read_scores_csv
+from tests.conftest import make_tiles_diverge
 from tests.test_report import check_self_contained
 from tests.test_scoring import _tree, _untrained_fnet, _write_images
 
@@ -148,21 +148,11 @@ def test_scale_keeps_maps_at_the_native_size(tmp_path, ckpt, folder):
 
 
 def test_partly_diverged_image_keeps_its_map_and_names_its_tiles(tmp_path, ckpt, folder, reference, monkeypatch):
-    from anounet_jax.engine.fit import Engine
 
     names = sorted(SIZES)
     first_c = sum(TILES[n] for n in names[:2])  # tile indices of c_96x80: first_c .. first_c + 19
     bad = [first_c + 0, first_c + 5]  # tile (0, 0) and tile (1, 1) of its 5 x 4 grid
-    fit = Engine.iter_fit
-
-    def diverging(self, chunks, seed=0):
-        for idx, res in fit(self, chunks, seed):
-            hit = np.isin(idx, bad)
-            res.diverged = res.diverged | hit
-            res.heatmap[hit], res.recon[hit] = np.nan, np.nan
-            yield idx, res
-
-    monkeypatch.setattr(Engine, "iter_fit", diverging)
+    make_tiles_diverge(monkeypatch, bad)
     out = tmp_path / "out"
     assert cli.main(_args(folder, ckpt, out, "--chunk-size", "3")) == 1  # a failure: exit 1
     rows = {r["file"]: r for r in read_scores_csv(out / "scores.csv")}
