@@ -4,13 +4,15 @@ trained on the normal images (anounet_jax/engine/warm_start.py). Issue 17.
     python benchmarks/warm_start.py [--data embedded,synthetic:speckle,synthetic:cells] [--preset small]
                                     [--starts cold,shared,reptile] [--steps 5,10,20,40,60]
                                     [--start-steps 300] [--reptile-steps 100 --reptile-inner 10]
-                                    [--test-every 1] [--out runs/warm_start]
+                                    [--test-every 1] [--set fit.beta=0 --label beta0] [--out runs/warm_start]
 
 Per data set: one f-Net (as `anounet evaluate` trains it), each warm start ("shared": one U-Net trained
 on the normal images; "reptile": a first-order meta-learned start; their training times are reported),
 then for every K in --steps the same test images fitted K steps from a random start ("cold") and from
 each warm start; pixel AUROC, AUPRO and image AUROC (the preset's map score) of the smoothed maps.
 --test-every N keeps every N-th test image (fewer images, same mixture of good and defect kinds).
+--set SECTION.FIELD=VALUE changes the preset (as `anounet ... --set`); --label names that variant in the
+results (its rows are keyed "DATA LABEL", so variants share one results file).
 Writes OUT/results.json (resumable per data set and start) and prints a Markdown table.
 """
 
@@ -39,6 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--start-steps", type=int, default=300)
     ap.add_argument("--start-lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    ap.add_argument("--label", default="", help="suffix of the results' data keys for this variant")
     ap.add_argument("--out", default="runs/warm_start")
     args = ap.parse_args(argv)
     from anounet_jax.engine.devices import enable_compilation_cache, split_cpu_into_devices
@@ -50,11 +54,14 @@ def main(argv=None) -> int:
     from anounet_jax.data.sources import load_labelled
     from anounet_jax.engine.fit import Engine
     from anounet_jax.engine.warm_start import train_reptile_start, train_start
+    from anounet_jax.jobs.evaluate import _by_kind
     from anounet_jax.fnet.train import train_fnet
     from anounet_jax.maps import map_score, smooth
     from anounet_jax.metrics import map_metrics
 
-    preset = get_preset(args.preset)
+    from anounet_jax.settings import apply_overrides
+
+    preset = apply_overrides(get_preset(args.preset), args.overrides)
     ks = [int(k) for k in args.steps.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +69,8 @@ def main(argv=None) -> int:
     results = json.loads(path.read_text()) if path.is_file() else {}
     starts = [s.strip() for s in args.starts.split(",") if s.strip()]
     for source in [s.strip() for s in args.data.split(",") if s.strip()]:
-        entry = results.setdefault(source, {"start_seconds": {}})
+        key = f"{source} {args.label}".strip()
+        entry = results.setdefault(key, {"start_seconds": {}})
         todo = [name for name in starts if name not in entry]
         if not todo:
             continue
@@ -92,9 +100,12 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 res = Engine.for_trained(p, trained, **kw).fit(test.images, seed=args.seed)
                 maps = smooth(res.heatmap, p.maps.smoothing_sigma)
-                m = map_metrics(maps, map_score(maps, p.maps.image_score), test.labels, test.masks)
+                score = map_score(maps, p.maps.image_score)
+                m = map_metrics(maps, score, test.labels, test.masks)
                 rows[k] = {"pixel_auroc": m["pixel_auroc"], "aupro": m["aupro"],
-                           "image_auroc": m["image_auroc"], "seconds": round(time.perf_counter() - t0, 1)}
+                           "image_auroc": m["image_auroc"], "seconds": round(time.perf_counter() - t0, 1),
+                           "by_kind": {kind: round(v["pixel_auroc"], 4) for kind, v in
+                                       _by_kind(maps, score, test).items()}}
                 print(f"{source} {name} K={k}: pixel {m['pixel_auroc']:.3f} AUPRO {m['aupro']:.3f} image "
                       f"{m['image_auroc']:.3f} ({rows[k]['seconds']} s)", file=sys.stderr, flush=True)
             entry[name] = rows

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from anounet_jax.engine.steps import make_optimizer
@@ -116,8 +118,8 @@ def train_reptile_start(preset, trained, images: np.ndarray, steps: int = 100, i
     fits start), runs inner_steps steps of its own per-image objective, then moves
     theta += eps_t * mean_i(phi_i - theta), eps_t = outer_lr * (1 - t / steps). An image whose inner
     fit diverges (non-finite parameters) is left out of the mean.
-    Own jitted code (a vmap over images, the engine's "vmap_matmul" convolutions), not the engine's
-    compiled programs."""
+    Own jitted code (a vmap over images, the engine's "vmap_matmul" convolutions, the batch split over
+    the local devices when it divides evenly), not the engine's compiled programs."""
     images = _check_images(images, steps)
     if inner_steps < 1 or batch_size < 1 or not outer_lr > 0:
         raise AnoUnetError(f"Reptile needs inner_steps >= 1, batch_size >= 1, outer_lr > 0 (got "
@@ -135,10 +137,22 @@ def train_reptile_start(preset, trained, images: np.ndarray, steps: int = 100, i
         loss_c = jnp.mean(jnp.abs(fnet_apply(fnet_vars, recon) - center))
         return loss_r + weight * loss_c
 
+    # The batch's images are split over the local devices (as the engine splits its chunks): every
+    # per-image copy and its optimizer state live with their image; theta is replicated.
+    devices = jax.local_devices()
+    bs = min(int(batch_size), len(images))
+    if bs % len(devices):
+        devices = devices[:1]
+    mesh = Mesh(np.array(devices), ("images",))
+    by_image, replicated = NamedSharding(mesh, P("images")), NamedSharding(mesh, P())
+
+    def split(tree):
+        return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, by_image), tree)
+
     @jax.jit
     def begin(theta, x):
-        params = jax.tree.map(lambda a: jnp.broadcast_to(a, (x.shape[0], *a.shape)), theta)
-        return params, jax.vmap(tx.init)(params)
+        params = split(jax.tree.map(lambda a: jnp.broadcast_to(a, (x.shape[0], *a.shape)), theta))
+        return params, split(jax.vmap(tx.init)(params))
 
     @jax.jit
     def inner_step(params, opt_state, x):
@@ -156,14 +170,14 @@ def train_reptile_start(preset, trained, images: np.ndarray, steps: int = 100, i
             delta = jnp.where(ok.reshape((-1,) + (1,) * t.ndim), p - t[None], 0.0)
             return t + eps * jnp.sum(delta, axis=0) / n_ok
 
-        return jax.tree.map(move, theta, params), jnp.sum(ok)
+        moved = jax.tree.map(move, theta, params)
+        return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, replicated), moved), jnp.sum(ok)
 
-    theta = init_unet_params(unet, jax.random.PRNGKey(seed), images.shape[1:])
+    theta = jax.device_put(init_unet_params(unet, jax.random.PRNGKey(seed), images.shape[1:]), replicated)
     rng = np.random.default_rng(seed)
-    bs = min(int(batch_size), len(images))
     n_ok = bs
     for t in tqdm(range(int(steps)), desc="reptile start", unit="step", disable=not progress):
-        x = jnp.asarray(images[rng.choice(len(images), bs, replace=False)])
+        x = jax.device_put(images[rng.choice(len(images), bs, replace=False)], by_image)
         params, opt_state = begin(theta, x)
         for _ in range(int(inner_steps)):
             params, opt_state = inner_step(params, opt_state, x)
