@@ -138,7 +138,10 @@ def train_reptile_start(preset, trained, images: np.ndarray, steps: int = 100, i
         return loss_r + weight * loss_c
 
     # The batch's images are split over the local devices (as the engine splits its chunks): every
-    # per-image copy and its optimizer state live with their image; theta is replicated.
+    # per-image copy and its optimizer state live with their image; theta is replicated. The inner fits
+    # need no communication; the outer mean is taken on one device after a plain copy, never by an
+    # XLA collective (XLA:CPU aborts the process when a starved device thread misses an all-reduce
+    # rendezvous for 40 s, which a busy machine can cause).
     devices = jax.local_devices()
     bs = min(int(batch_size), len(images))
     if bs % len(devices):
@@ -170,8 +173,7 @@ def train_reptile_start(preset, trained, images: np.ndarray, steps: int = 100, i
             delta = jnp.where(ok.reshape((-1,) + (1,) * t.ndim), p - t[None], 0.0)
             return t + eps * jnp.sum(delta, axis=0) / n_ok
 
-        moved = jax.tree.map(move, theta, params)
-        return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, replicated), moved), jnp.sum(ok)
+        return jax.tree.map(move, theta, params), jnp.sum(ok)
 
     theta = jax.device_put(init_unet_params(unet, jax.random.PRNGKey(seed), images.shape[1:]), replicated)
     rng = np.random.default_rng(seed)
@@ -181,7 +183,9 @@ def train_reptile_start(preset, trained, images: np.ndarray, steps: int = 100, i
         params, opt_state = begin(theta, x)
         for _ in range(int(inner_steps)):
             params, opt_state = inner_step(params, opt_state, x)
-        theta, n_ok = outer(theta, params, jnp.float32(outer_lr * (1.0 - t / steps)))
+        first = jax.device_put((theta, params), devices[0])  # copies, not a collective
+        theta, n_ok = outer(*first, jnp.float32(outer_lr * (1.0 - t / steps)))
+        theta = jax.device_put(theta, replicated)
     if int(n_ok) == 0 or not all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(theta)):
         raise AnoUnetError("the Reptile start's inner fits diverged (non-finite parameters); lower the "
                            "fit's learning rate or inner_steps")
