@@ -16,8 +16,8 @@ of the grid over images of one native size, stored with that grid so a score job
 images and tiling are the ones they were made for.
 
 Warm start (issue 17, engine/warm_start.py): U-Net parameters trained once on the normal images, stored
-with the f-Net (`anounet train-fnet ... --warm-start STEPS`) so every job with fit.start=checkpoint
-begins its fits there. Optional like the other extras: a checkpoint without one (every older
+with the f-Net (`anounet train-fnet` when the preset's fit.start is "warm") so every job with
+fit.start=warm begins its fits there. Optional like the other extras: a checkpoint without one (every older
 checkpoint) has the same layout and fingerprint as before and loads unchanged (warm_start None).
 
 No pickle anywhere: arrays go through orbax/tensorstore, everything else is JSON.
@@ -76,22 +76,15 @@ class Checkpoint:
     path: str
     feature_scale: float | None = None  # mean L_C of the normal training images (None: older checkpoint)
     patch_memory: object = None  # fnet.patch_memory.PatchMemory, when the f-Net was trained with one
-    warm_start: object = None  # engine.warm_start.WarmStart, when train-fnet stored one (--warm-start)
+    warm_start: object = None  # engine.warm_start.WarmStart, when train-fnet stored one (fit.start warm)
     tile_centers: object = None  # fnet.tile_centers.TileCenters (tiles.center "position"), or None
 
     @property
     def trained(self):
         """The f-Net stage as a job uses it (`fnet.train.TrainedFNet`), restored instead of trained; it
         also carries the stored warm start (`.warm_start`, read by engine.warm_start.start_params_for)."""
-        return RestoredFNet(self.fnet, self.center, None, [], self.feature_scale, self.patch_memory,
-                            self.warm_start)
-
-
-@dataclasses.dataclass
-class RestoredFNet(TrainedFNet):
-    """`TrainedFNet` as a checkpoint gives it back, with the stored warm start (or None)."""
-
-    warm_start: object = None  # engine.warm_start.WarmStart
+        return TrainedFNet(self.fnet, self.center, None, [], self.feature_scale, self.patch_memory,
+                           self.warm_start)
 
 
 def _ocp():

@@ -142,11 +142,9 @@ def cmd_train_fnet(args) -> int:
     preset = _resolved(args)
     info = train_fnet_checkpoint(args.data, args.out, preset=preset, method=args.method,
                                  scorer=args.scorer, seed=args.seed, recursive=args.recursive,
-                                 overwrite=args.overwrite, progress=not args.quiet, log=_log(args),
-                                 warm_start=args.warm_start, warm_start_method=args.warm_start_method,
-                                 warm_start_inner=args.warm_start_inner)
+                                 overwrite=args.overwrite, progress=not args.quiet, log=_log(args))
     warm = ("" if info["warm_start_seconds"] is None else
-            f", warm start ({args.warm_start_method}, {args.warm_start} steps) in {info['warm_start_seconds']:.0f} s")
+            f", warm start ({preset.start.method}) in {info['warm_start_seconds']:.0f} s")
     on = f"{info['normal']} normal" if info["tiles"] is None else f"{info['tiles']} tiles of {info['normal']} normal"
     print(f"saved {info['path']}: f-Net on {on} + {info['reference']} reference images, "
           f"{args.scorer} threshold {info['threshold']:.6g}{warm}, fingerprint {info['fingerprint'][:12]}")
@@ -261,15 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image scorer: LOF or distance to C (default: %(default)s)")
     p.add_argument("--recursive", action="store_true", help="also take images from subfolders")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
-    g = p.add_argument_group("warm start (README: Warm-started fits; used by jobs run with --set fit.start=checkpoint)")
-    g.add_argument("--warm-start", type=_seed, default=0, metavar="STEPS",
-                   help="also train a warm start for the per-image fits on the normal images and store it "
-                        "(0: none, the default)")
-    g.add_argument("--warm-start-method", choices=("shared", "reptile"), default="reptile",
-                   help="shared: one U-Net trained on all normal images (STEPS Adam steps); reptile: "
-                        "meta-learned (STEPS outer steps) (default: %(default)s)")
-    g.add_argument("--warm-start-inner", type=_positive, default=10, metavar="K",
-                   help="reptile: steps of each image's fit per outer step (default: %(default)s)")
     p.set_defaults(func=cmd_train_fnet)
 
     p = sub.add_parser("score", help="score every image of a folder, draw Ano-Unet maps, write a report "

@@ -67,10 +67,19 @@ class FitConfig:
     # features (engine/steps.py spatial_loss), in units of a normal patch's squared distance; 0 = off (the original).
     spatial_beta: float = 0.0
     # Where every image's fit starts: "cold" (random U-Net parameters per image, the original) or
-    # "checkpoint" (the warm start stored in the f-Net checkpoint by `anounet train-fnet --warm-start`,
-    # engine/warm_start.py). Cold stays the default: no warm start reached it with a third of the steps
-    # (benchmarks/results/warm_start_small.md).
+    # "warm" (U-Net parameters trained once on the normal images by the `start` section's recipe, with
+    # the f-Net: stored in its checkpoint by `anounet train-fnet`, trained in-process by demo and
+    # evaluate; engine/warm_start.py). A warm start needs far fewer steps (and more make maps worse).
     start: str = "cold"
+
+
+@dataclasses.dataclass(frozen=True)
+class StartConfig:
+    """How the warm start (fit.start "warm") is trained (engine/warm_start.py)."""
+    method: str = "reptile"  # "reptile" (meta-learned) | "shared" (one U-Net fitted to all normal images)
+    steps: int = 100  # Reptile: outer steps; shared: Adam steps
+    inner_steps: int = 10  # Reptile: steps of each image's own fit per outer step
+    batch_size: int = 8  # normal images per step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +128,7 @@ class Preset:
     maps: MapConfig = MapConfig()
     engine: EngineConfig = EngineConfig()
     tiles: TileConfig = TileConfig()
+    start: StartConfig = StartConfig()
 
     def replace(self, **sections) -> "Preset":
         """`preset.replace(fit={"beta": 10})` -> a new preset with some fields of a section changed."""
@@ -133,8 +143,8 @@ class Preset:
 
     @staticmethod
     def from_dict(d: dict) -> "Preset":
-        """The inverse of to_dict; also reads the layout before `maps`/`engine` existed (checkpoints
-        written then kept smoothing_sigma and chunk_size in `fit`)."""
+        """The inverse of to_dict; also reads the layout before `maps`/`engine`/`start` existed (checkpoints
+        written then kept smoothing_sigma and chunk_size in `fit`; fit.start "checkpoint" is now "warm")."""
         fit = dict(d["fit"])
         maps = dict(d.get("maps", {}))
         engine = dict(d.get("engine", {}))
@@ -142,6 +152,8 @@ class Preset:
             maps.setdefault("smoothing_sigma", fit.pop("smoothing_sigma"))
         if "chunk_size" in fit:
             engine.setdefault("chunk_size", fit.pop("chunk_size"))
+        if fit.get("start") == "checkpoint":  # the name of "warm" before the `start` section existed
+            fit["start"] = "warm"
         return Preset(
             name=d["name"],
             image_size=d["image_size"],
@@ -152,6 +164,7 @@ class Preset:
             maps=MapConfig(**maps),
             engine=EngineConfig(**engine),
             tiles=TileConfig(**d.get("tiles", {})),
+            start=StartConfig(**d.get("start", {})),
         )
 
 

@@ -42,13 +42,15 @@ RULES: dict[str, tuple] = {
     "fnet.patch_memory": ("in [0, 1]", lambda v: 0.0 <= v <= 1.0),
     "fit.steps": POSITIVE, "fit.beta": NON_NEGATIVE, "fit.optimizer": ("sgd", "adam"),
     "fit.lr": POSITIVE, "fit.momentum": NON_NEGATIVE, "fit.lc_scale": ("raw", "normal"),
-    "fit.spatial_beta": NON_NEGATIVE, "fit.start": ("cold", "checkpoint"),
+    "fit.spatial_beta": NON_NEGATIVE, "fit.start": ("cold", "warm"),
     "data.category": ("brick", "grass", "gravel"), "data.n_train": POSITIVE, "data.n_reference_per_class": POSITIVE,
     "data.n_test_good": NON_NEGATIVE, "data.n_test_defect": POSITIVE,
     "maps.smoothing_sigma": NON_NEGATIVE, "maps.image_score": ("max", "top1"), "engine.chunk_size": POSITIVE,
     "engine.formulation": FORMULATION_CHOICES,
     "tiles.tile": NON_NEGATIVE, "tiles.stride": NON_NEGATIVE, "tiles.scale": POSITIVE,
     "tiles.center": ("global", "position"),
+    "start.method": ("reptile", "shared"), "start.steps": POSITIVE, "start.inner_steps": POSITIVE,
+    "start.batch_size": POSITIVE,
 }
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")

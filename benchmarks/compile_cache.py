@@ -45,7 +45,7 @@ feats = fnet.features(x)
 center = feats.mean(0)
 scale = float(np.abs(feats - center).mean())  # L_C's unit (fit.lc_scale "normal")
 t1 = time.perf_counter()
-Engine.from_preset(preset.replace(fit={"steps": steps}), fnet, center, scale).fit(x)
+Engine.from_preset(preset.replace(fit={"steps": steps}), fnet, center, scale, start_params=None).fit(x)
 t2 = time.perf_counter()
 print(json.dumps({"total_s": round(t2 - t0, 1), "fit_s": round(t2 - t1, 1)}))
 """

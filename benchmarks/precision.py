@@ -37,6 +37,7 @@ def main(argv=None):
     from anounet_jax.data.embedded import load_embedded
     from anounet_jax.engine.fit import Engine
     from anounet_jax.fnet.train import train_fnet
+    from anounet_jax.engine.warm_start import with_warm_start
     from anounet_jax.maps import smooth
     from anounet_jax.metrics import map_metrics
 
@@ -44,6 +45,7 @@ def main(argv=None):
     data = load_embedded(preset.data, preset.image_size, args.seed)
     test = data["test"].subset(np.arange(0, len(data["test"]), args.every))
     trained = train_fnet(preset.fnet, data["train"], data["reference"], args.seed, progress=False)
+    trained = with_warm_start(preset, trained, data["train"].images, seed=args.seed)
     out = {"preset": preset.name, "images": len(test), "backend": jax.default_backend(),
            "device": str(jax.devices()[0]), "results": {}}
     maps = {}

@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     from anounet_jax.data.tiling import TileSpec, resize_image, resize_map
     from anounet_jax.data.types import ImageSet
     from anounet_jax.engine.fit import Engine
+    from anounet_jax.engine.warm_start import with_warm_start
     from anounet_jax.fnet.train import train_fnet
     from anounet_jax.jobs.evaluate_tiled import stacked, tiled_maps, train_tiles
     from anounet_jax.maps import smooth
@@ -82,7 +83,8 @@ def main(argv=None) -> int:
     idx = rng.integers(0, len(resized_train), a.n_train)
     both = ImageSet(np.concatenate([tiles.images, resized_train[idx]]), labels=np.zeros(len(tiles) + a.n_train, np.int64))
     reference = load_reference(a.category, size, preset.data.n_reference_per_class, a.seed)
-    trained = train_fnet(preset.fnet, both, reference, seed=a.seed, progress=False)
+    trained = with_warm_start(preset, train_fnet(preset.fnet, both, reference, seed=a.seed, progress=False),
+                              both.images, seed=a.seed)
     t_fnet = time.perf_counter() - t0
     sigma = preset.maps.smoothing_sigma
     per = spec.n_tiles(a.height, a.width)

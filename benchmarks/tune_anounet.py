@@ -37,6 +37,7 @@ def run_family(source, preset, variants, seed, out_file, log):
     from anounet_jax.data.embedded import load_reference
     from anounet_jax.data.sources import load_labelled
     from anounet_jax.engine.fit import Engine
+    from anounet_jax.engine.warm_start import start_params_for, with_warm_start
     from anounet_jax.jobs.evaluate import _by_kind
     from anounet_jax.fnet.scores import LOFScorer
     from anounet_jax.fnet.train import train_fnet
@@ -75,7 +76,11 @@ def run_family(source, preset, variants, seed, out_file, log):
                 log(f"  patch memory: {fnets[mkey].memory.shape}, scale {fnets[mkey].scale:.4g}, "
                     f"{time.perf_counter() - t0:.0f} s")
             memory = fnets[mkey]
-        eng = Engine.from_preset(p, trained.fnet, trained.center, trained.feature_scale, memory)
+        wkey = fkey + json.dumps(p.fit.__dict__, sort_keys=True) + json.dumps(p.start.__dict__, sort_keys=True)
+        if p.fit.start == "warm" and wkey not in fnets:  # the start depends on the fit's objective
+            fnets[wkey] = with_warm_start(p, trained, ds.train.images, seed=seed)
+        start = start_params_for(p, fnets[wkey]) if p.fit.start == "warm" else None
+        eng = Engine.from_preset(p, trained.fnet, trained.center, trained.feature_scale, memory, start_params=start)
         res = eng.fit(test.images, seed=seed)
         maps = smooth(res.heatmap, p.maps.smoothing_sigma)
         scores = image_scores(maps, fdist, lof, res.loss_c)

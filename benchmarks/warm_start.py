@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         for name in todo:
             t0 = time.perf_counter()
             if name == "cold":
-                kw = {}
+                kw = {"start_params": None}  # a random start per image, whatever the preset's fit.start
             elif name == "shared":
                 kw = {"start_params": train_start(preset, trained, ds.train.images, steps=args.start_steps,
                                                   lr=args.start_lr, seed=args.seed)}

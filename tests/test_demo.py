@@ -9,14 +9,18 @@ from anounet_jax.config import TINY
 
 def test_demo_pipeline_runs_end_to_end_on_the_tiny_preset(tmp_path, capsys):
     out = tmp_path / "demo"
-    # the full photograph shrunk to 128 px first (7 x 7 tiles of 32 at stride 16) to keep the test fast
+    # the full photograph shrunk to 128 px first (7 x 7 tiles of 32 at stride 16) to keep the test fast;
+    # fits warm-started as the small preset's are (a short Reptile start trained in the demo)
     assert main(["demo", "--preset", "tiny", "--out", str(out), "--quiet", "--set", "tiles.scale=0.25",
-                 "--set", "tiles.stride=16"]) == 0
+                 "--set", "tiles.stride=16", "--set", "fit.start=warm", "--set", "fit.steps=10",
+                 "--set", "start.steps=10", "--set", "start.inner_steps=5"]) == 0
     printed = capsys.readouterr().out
     assert "pixel AUROC" in printed and "image AUROC" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     n_test = TINY.data.n_test_good + TINY.data.n_test_defect
     assert metrics["images"] == n_test and metrics["diverged"] == 0
+    assert metrics["seconds"]["warm_start"] > 0
+    assert metrics["warm_start"] == {"method": "reptile", "steps": 10, "inner_steps": 5}
     for key in ("image_auroc", "pixel_auroc", "aupro"):
         assert 0.0 <= metrics[key] <= 1.0
     # the planted defects must be found better than chance even on the tiny preset

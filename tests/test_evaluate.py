@@ -137,3 +137,29 @@ def test_cli_evaluates_a_synthetic_family_and_records_its_settings(tmp_path, cap
 
     again = preset_from_record(out / "config.json")  # the run's settings, ready to run again
     assert again.data.n_train == 16 and again.data.n_test_defect == 4 and again.name == "tiny"
+
+
+def test_a_warm_preset_trains_its_start_once_and_every_ano_unet_fit_begins_there(mvtec_dir, tmp_path, monkeypatch):
+    from anounet_jax.config import TINY
+    from anounet_jax.engine import fit as fit_module
+
+    seen = []
+    original = fit_module.Engine.for_trained.__func__
+
+    def spy(cls, preset, trained, **kw):
+        engine = original(cls, preset, trained, **kw)
+        seen.append(engine.start_params)
+        return engine
+
+    monkeypatch.setattr(fit_module.Engine, "for_trained", classmethod(spy))
+    preset = TINY.replace(fit={"start": "warm", "steps": 5}, start={"steps": 3, "inner_steps": 2})
+    lines = []
+    m = evaluate(mvtec_dir, preset, "ano-unet,autoencoder", tmp_path, seed=0, progress=False, log=lines.append)
+    assert sum("warm start (reptile" in line for line in lines) == 1
+    assert seen and all(p is not None for p in seen)
+    parts = m["ano-unet"]["seconds_parts"]
+    assert parts["warm_start"] > 0 and "warm_start" not in m["autoencoder"]["seconds_parts"]
+    assert m["ano-unet"]["pixel_auroc"] is not None
+    with pytest.raises(AnoUnetError, match="warm-start method 'maml'"):  # refused before anything runs
+        evaluate(mvtec_dir, preset.replace(start={"method": "maml"}), "ano-unet", tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()

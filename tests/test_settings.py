@@ -67,7 +67,7 @@ def test_unknown_section_lists_the_sections():
         apply_overrides(TINY, ["optim.lr=3"])
     for section in ("unet", "fnet", "fit", "data", "maps", "engine"):
         assert section in str(e.value)
-    assert list(SECTIONS) == ["unet", "fnet", "fit", "data", "maps", "engine", "tiles"]
+    assert list(SECTIONS) == ["unet", "fnet", "fit", "data", "maps", "engine", "tiles", "start"]
     with pytest.raises(AnoUnetError, match="image_size"):
         apply_overrides(TINY, ["steps=3"])  # a bare unknown key names the top-level fields too
 

@@ -1,6 +1,7 @@
 """Warm-started fits: every image starts from one U-Net trained on the normal images (issue 17)."""
 
 import numpy as np
+import pytest
 
 from anounet_jax.config import TINY
 from anounet_jax.engine.fit import Engine
@@ -55,3 +56,57 @@ def test_a_reptile_start_fits_normal_images_faster_than_a_cold_start(tiny_data, 
     cold = Engine.for_trained(three, tiny_trained, formulation="vmap_matmul").fit(held_out, seed=1)
     warm = Engine.for_trained(three, tiny_trained, formulation="vmap_matmul", start_params=start).fit(held_out, seed=1)
     assert warm.loss_r.mean() < 0.5 * cold.loss_r.mean()
+
+
+def test_the_f_net_stage_carries_the_start_a_warm_preset_asks_for(tiny_data, tiny_trained):
+    """`with_warm_start`: nothing for a cold preset; for fit.start "warm" the `start` section's recipe
+    (trained once: a stage that already has one, as a restored checkpoint does, is left as it is)."""
+    import jax
+
+    from anounet_jax.engine.warm_start import start_params_for, with_warm_start
+    from anounet_jax.errors import AnoUnetError
+
+    normal = tiny_data["train"].images[:16]
+    assert with_warm_start(TINY, tiny_trained, normal) is tiny_trained
+    warm_preset = TINY.replace(fit={"start": "warm", "steps": 3}, start={"steps": 2, "inner_steps": 2,
+                                                                       "batch_size": 4})
+    lines = []
+    warm = with_warm_start(warm_preset, tiny_trained, normal, log=lines.append)
+    assert tiny_trained.warm_start is None  # the stage it came from is not changed
+    assert (warm.warm_start.method, warm.warm_start.steps, warm.warm_start.inner_steps) == ("reptile", 2, 2)
+    assert "reptile, 2 steps of 2 inner steps" in lines[0] and "16 normal images" in lines[0]
+    assert with_warm_start(warm_preset, warm, normal) is warm  # not trained twice
+    # the fits of a warm preset start there (the engine holds exactly these parameters)
+    engine = Engine.for_trained(warm_preset, warm)
+    for a, b in zip(jax.tree.leaves(engine.start_params), jax.tree.leaves(warm.warm_start.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # an engine built from the preset alone cannot silently fit a warm preset from random starts
+    with pytest.raises(AnoUnetError, match="fit.start 'warm' needs the warm start"):
+        Engine.from_preset(warm_preset, tiny_trained.fnet, tiny_trained.center)
+    shared = with_warm_start(warm_preset.replace(start={"method": "shared"}), tiny_trained, normal)
+    assert shared.warm_start.method == "shared"
+    assert start_params_for(warm_preset, shared) is shared.warm_start.params
+    for bad, match in (({"start": {"method": "maml"}}, "warm-start method 'maml'"),
+                       ({"fit": {"start": "hot"}}, "unknown fit.start 'hot'"),
+                       ({"start": {"batch_size": 0}}, "batch_size >= 1")):
+        with pytest.raises(AnoUnetError, match=match):
+            with_warm_start(warm_preset.replace(**bad), tiny_trained, normal)
+
+
+def test_warm_settings_are_checked_and_old_records_read():
+    from anounet_jax.config import Preset, get_preset
+    from anounet_jax.errors import AnoUnetError
+    from anounet_jax.settings import apply_overrides
+
+    p = apply_overrides(get_preset("paper"), ["fit.start=warm", "start.steps=50", "start.method=shared"])
+    assert (p.fit.start, p.start.steps, p.start.method) == ("warm", 50, "shared")
+    for bad in ("fit.start=checkpoint", "start.method=maml", "start.inner_steps=0"):
+        with pytest.raises(AnoUnetError, match=bad.split("=")[0]):
+            apply_overrides(TINY, [bad])
+    # a record written before the `start` section: no section, fit.start "checkpoint" meant "warm"
+    d = TINY.replace(fit={"start": "cold"}).to_dict()
+    del d["start"]
+    d["fit"]["start"] = "checkpoint"
+    old = Preset.from_dict(d)
+    assert old.fit.start == "warm" and old.start == TINY.start
+    assert Preset.from_dict(TINY.to_dict()) == TINY

@@ -14,7 +14,7 @@ from anounet_jax.fnet.scores import make_scorer
 from anounet_jax.models.unet import init_unet_params, unet_from_config
 from test_checkpoint import _random_variables
 
-FROM_CHECKPOINT = TINY.replace(fit={"start": "checkpoint", "steps": 2})
+WARM = TINY.replace(fit={"start": "warm", "steps": 2})
 # fingerprint of `_content()` written by checkpoint.py before warm starts existed (commit 016f75c):
 # a checkpoint without a warm start must keep exactly this content identity
 GOLDEN = "d16ced416a230e6684f16d97c580a77628f9e49fbce48bb2016488f378d6c9eb"
@@ -52,8 +52,8 @@ def test_a_checkpoint_without_a_warm_start_keeps_its_layout_and_fingerprint(tmp_
     assert ck.fingerprint == GOLDEN and ck.warm_start is None and ck.trained.warm_start is None
     assert start_params_for(TINY, ck.trained) is None  # fit.start "cold": a random start per image
     # asking it for a warm start: one clear line that says how to rebuild
-    with pytest.raises(AnoUnetError, match="has none; rebuild it with `anounet train-fnet .* --warm-start") as e:
-        start_params_for(FROM_CHECKPOINT, ck.trained)
+    with pytest.raises(AnoUnetError, match="has none; rebuild it with `anounet train-fnet .* --set fit.start=warm`") as e:
+        start_params_for(WARM, ck.trained)
     assert "\n" not in str(e.value)
 
 
@@ -71,19 +71,19 @@ def test_the_stored_warm_start_round_trips_and_drives_the_same_fits(tmp_path, fn
     assert [k for k, _ in saved] == [k for k, _ in loaded]
     for (_, a), (_, b) in zip(saved, loaded):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    # fit.start=checkpoint: every fit starts from the stored parameters (Engine.for_trained reads the
+    # fit.start=warm: every fit starts from the stored parameters (Engine.for_trained reads the
     # setting, as the score job's engine does), exactly as from the in-memory ones
     test = images[8:10]
-    stored = Engine.for_trained(FROM_CHECKPOINT, ck.trained, formulation="loop").fit(test, seed=1)
-    memory = Engine.from_preset(FROM_CHECKPOINT, fnet, center, formulation="loop",
+    stored = Engine.for_trained(WARM, ck.trained, formulation="loop").fit(test, seed=1)
+    memory = Engine.from_preset(WARM, fnet, center, formulation="loop",
                                 start_params=warm.params).fit(test, seed=1)
-    cold = Engine.for_trained(FROM_CHECKPOINT.replace(fit={"start": "cold"}), ck.trained,
+    cold = Engine.for_trained(WARM.replace(fit={"start": "cold"}), ck.trained,
                               formulation="loop").fit(test, seed=1)
     np.testing.assert_array_equal(stored.heatmap, memory.heatmap)
     assert np.abs(stored.recon - cold.recon).max() > 1e-3  # and that is not the random start
     from anounet_jax.jobs.score.model import ScoringModel
 
-    job_engine = ScoringModel(path, FROM_CHECKPOINT).engine
+    job_engine = ScoringModel(path, WARM).engine
     assert job_engine.start_params is not None
     for a, b in zip(jax.tree.leaves(job_engine.start_params), jax.tree.leaves(warm.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -98,10 +98,10 @@ def test_a_warm_start_that_does_not_fit_the_unet_is_refused_in_one_line(tmp_path
     trained = load_checkpoint(tmp_path / "ckpt").trained
     for unet in ({"width": 8}, {"depth": 3}, {"norm": "none"}):  # the fit's U-Net is not the checkpoint's
         with pytest.raises(AnoUnetError, match="warm start does not fit the preset's U-Net") as e:
-            start_params_for(FROM_CHECKPOINT.replace(unet=unet), trained)
+            start_params_for(WARM.replace(unet=unet), trained)
         assert "\n" not in str(e.value) and "fit.start=cold" in str(e.value)
-    with pytest.raises(AnoUnetError, match="unknown fit.start 'warm'"):
-        start_params_for(TINY.replace(fit={"start": "warm"}), trained)
+    with pytest.raises(AnoUnetError, match="unknown fit.start 'hot'"):
+        start_params_for(TINY.replace(fit={"start": "hot"}), trained)
     # saving refuses a warm start made for another U-Net than the checkpoint's preset
     with pytest.raises(AnoUnetError, match="does not fit the preset's U-Net"):
         save_checkpoint(tmp_path / "bad", TINY.replace(unet={"width": 8}), fnet, center, scorer, warm_start=warm)
@@ -109,22 +109,26 @@ def test_a_warm_start_that_does_not_fit_the_unet_is_refused_in_one_line(tmp_path
 
 
 def test_train_fnet_stores_a_warm_start_once_for_every_job(tmp_path):
-    """`anounet train-fnet embedded --warm-start 2 --warm-start-method reptile`: the checkpoint carries it."""
+    """`anounet train-fnet embedded --set fit.start=warm --set start.steps=2 ...`: the checkpoint carries it."""
     from anounet_jax.jobs.train_fnet import train_fnet_checkpoint
 
-    preset = TINY.replace(fnet={"epochs": 1})
+    preset = TINY.replace(fnet={"epochs": 1}, fit={"start": "warm"}, start={"steps": 2, "inner_steps": 1})
     info = train_fnet_checkpoint("embedded", tmp_path / "ckpt", preset=preset, scorer="l2", progress=False,
-                                 log=lambda *_: None, warm_start=2, warm_start_method="reptile",
-                                 warm_start_inner=1)
+                                 log=lambda *_: None)
     assert info["warm_start_seconds"] > 0
     ck = load_checkpoint(tmp_path / "ckpt")
-    assert ck.fingerprint == info["fingerprint"]
+    assert ck.fingerprint == info["fingerprint"] and ck.preset.fit.start == "warm"
     assert (ck.warm_start.method, ck.warm_start.steps, ck.warm_start.inner_steps) == ("reptile", 2, 1)
-    start = start_params_for(ck.preset.replace(fit={"start": "checkpoint"}), ck.trained)
+    start = start_params_for(ck.preset, ck.trained)
     init = init_unet_params(unet_from_config(TINY.unet), jax.random.PRNGKey(0), (TINY.image_size,) * 2 + (3,))
     # trained, not the seed's initial parameters
     assert max(np.abs(np.asarray(a) - np.asarray(b)).max()
                for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(init))) > 1e-4
+    # a cold preset stores none
+    info = train_fnet_checkpoint("embedded", tmp_path / "cold", preset=TINY.replace(fnet={"epochs": 1}),
+                                 scorer="l2", progress=False, log=lambda *_: None)
+    assert info["warm_start_seconds"] is None and load_checkpoint(tmp_path / "cold").warm_start is None
+    # an unknown recipe is refused before anything is trained or written
     with pytest.raises(AnoUnetError, match="warm-start method 'maml'"):
-        train_fnet_checkpoint("embedded", tmp_path / "x", preset=preset, warm_start=2, warm_start_method="maml")
+        train_fnet_checkpoint("embedded", tmp_path / "x", preset=preset.replace(start={"method": "maml"}))
     assert not (tmp_path / "x").exists()

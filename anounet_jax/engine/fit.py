@@ -145,7 +145,13 @@ class Engine:
     def from_preset(cls, preset, fnet: FrozenFNet, center, feature_scale: float | None = None,
                     patch_memory=None, **kw) -> "Engine":
         """The engine a preset describes (its unet, fit and engine sections); kw overrides.
-        feature_scale: `TrainedFNet.feature_scale`, required when preset.fit.lc_scale is "normal"."""
+        feature_scale: `TrainedFNet.feature_scale`, required when preset.fit.lc_scale is "normal".
+        A preset with fit.start "warm" needs its start: `for_trained` (the f-Net stage carries it) or
+        start_params=... (None: a random start per image, on purpose)."""
+        if getattr(preset.fit, "start", "cold") == "warm" and "start_params" not in kw:
+            raise AnoUnetError("fit.start 'warm' needs the warm start: use Engine.for_trained(preset, trained) "
+                               "with the f-Net stage (engine.warm_start.with_warm_start), pass start_params=..., "
+                               "or set fit.start='cold'")
         if preset.fit.lc_scale == "normal":
             if feature_scale is None:
                 raise AnoUnetError("fit.lc_scale 'normal' needs the f-Net's feature scale (the mean L_C of "
@@ -162,7 +168,7 @@ class Engine:
     @classmethod
     def for_trained(cls, preset, trained, **kw) -> "Engine":
         """The preset's engine on the f-Net stage's result (`fnet.train.TrainedFNet`, or a checkpoint's
-        `trained`); fit.start "checkpoint" starts every fit from the checkpoint's warm start."""
+        `trained`); fit.start "warm" starts every fit from its warm start (`trained.warm_start`)."""
         from anounet_jax.engine.warm_start import start_params_for
 
         if "start_params" not in kw:

@@ -17,8 +17,10 @@ with heatmap quality, not loss (benchmarks/warm_start.py). Each image is passed 
 its own (vmap, batch-1 BatchNorm statistics), as in the per-image fits, so the start's normalization
 matches what the fine-tuning sees. The spatial term (fit.spatial_beta) is left out of both.
 
-Stored once per f-Net checkpoint (`anounet train-fnet ... --warm-start STEPS`, checkpoint.py) as a
-`WarmStart`; `fit.start = "checkpoint"` makes the fits start from it (`start_params_for`).
+With fit.start = "warm" the start is part of the f-Net stage (`with_warm_start`, the preset's `start`
+section says how it is trained): trained once per f-Net checkpoint by `anounet train-fnet` and stored
+in it (checkpoint.py), trained in-process by `anounet demo` and `anounet evaluate`; every fit then
+begins there (`start_params_for`, read by `Engine.for_trained`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from anounet_jax.errors import AnoUnetError
 from anounet_jax.models.unet import init_unet_params, unet_from_config
 
 METHODS = ("shared", "reptile")
-START_CHOICES = ("cold", "checkpoint")  # FitConfig.start
+START_CHOICES = ("cold", "warm")  # FitConfig.start
 
 
 @dataclasses.dataclass
@@ -192,18 +194,46 @@ def train_reptile_start(preset, trained, images: np.ndarray, steps: int = 100, i
     return jax.device_get(theta)
 
 
-def make_start(method: str, preset, trained, images: np.ndarray, steps: int, seed: int = 0,
-               progress: bool = False, **kw) -> WarmStart:
-    """A `WarmStart` by `method` ("shared": `train_start`; "reptile": `train_reptile_start`, kw
-    inner_steps etc.), as `anounet train-fnet --warm-start STEPS` stores it."""
-    if method == "shared":
-        return WarmStart(train_start(preset, trained, images, steps=steps, seed=seed, progress=progress, **kw),
-                         "shared", int(steps))
-    if method == "reptile":
-        inner = int(kw.pop("inner_steps", 10))
-        return WarmStart(train_reptile_start(preset, trained, images, steps=steps, inner_steps=inner, seed=seed,
-                                             progress=progress, **kw), "reptile", int(steps), inner)
-    raise AnoUnetError(f"unknown warm-start method {method!r}; use one of {list(METHODS)}")
+def make_start(preset, trained, images: np.ndarray, seed: int = 0, progress: bool = False) -> WarmStart:
+    """A `WarmStart` trained on `images` (the normal training images, or tiles of them) by the recipe of
+    `preset.start` (method "shared": `train_start`; "reptile": `train_reptile_start`)."""
+    cfg = preset.start
+    if cfg.method == "shared":
+        params = train_start(preset, trained, images, steps=cfg.steps, batch_size=cfg.batch_size, seed=seed,
+                             progress=progress)
+        return WarmStart(params, "shared", int(cfg.steps))
+    if cfg.method == "reptile":
+        params = train_reptile_start(preset, trained, images, steps=cfg.steps, inner_steps=cfg.inner_steps,
+                                     batch_size=cfg.batch_size, seed=seed, progress=progress)
+        return WarmStart(params, "reptile", int(cfg.steps), int(cfg.inner_steps))
+    raise AnoUnetError(f"unknown warm-start method {cfg.method!r}; use one of {list(METHODS)}")
+
+
+def check_start(preset) -> None:
+    """AnoUnetError for an unknown fit.start or warm-start recipe (before anything is trained)."""
+    if getattr(preset.fit, "start", "cold") not in START_CHOICES:
+        raise AnoUnetError(f"unknown fit.start {preset.fit.start!r}; use one of {list(START_CHOICES)}")
+    cfg = preset.start
+    if cfg.method not in METHODS:
+        raise AnoUnetError(f"unknown warm-start method {cfg.method!r}; use one of {list(METHODS)}")
+    if min(cfg.steps, cfg.inner_steps, cfg.batch_size) < 1:
+        raise AnoUnetError(f"the warm start needs steps, inner_steps and batch_size >= 1 (got {cfg.steps}, "
+                           f"{cfg.inner_steps}, {cfg.batch_size})")
+
+
+def with_warm_start(preset, trained, images: np.ndarray, seed: int = 0, progress: bool = False, log=None):
+    """`trained` (the f-Net stage) with the warm start its fits need: unchanged for fit.start "cold" or
+    when it already carries one (a restored checkpoint), else with a start trained on `images` (the
+    images the f-Net and C came from) by `preset.start`. The one place every job builds a start."""
+    check_start(preset)
+    if preset.fit.start != "warm" or getattr(trained, "warm_start", None) is not None:
+        return trained
+    cfg = preset.start
+    if log is not None:
+        log(f"warm start ({cfg.method}, {cfg.steps} steps"
+            + (f" of {cfg.inner_steps} inner steps" if cfg.method == "reptile" else "")
+            + f") on {len(images)} normal images")
+    return dataclasses.replace(trained, warm_start=make_start(preset, trained, images, seed=seed, progress=progress))
 
 
 def check_start_shape(unet_cfg, image_size: int, params) -> None:
@@ -222,22 +252,22 @@ def check_start_shape(unet_cfg, image_size: int, params) -> None:
         raise AnoUnetError(f"the checkpoint's warm start does not fit the preset's U-Net (width "
                            f"{unet_cfg.width}, depth {unet_cfg.depth}, norm {unet_cfg.norm}; first difference: "
                            f"{diff[0][0] if diff else '?'}); rebuild it with `anounet train-fnet ... "
-                           f"--warm-start STEPS` and this preset's unet settings, or use fit.start=cold")
+                           f"--set fit.start=warm` and this preset's unet settings, or use fit.start=cold")
 
 
 def start_params_for(preset, trained):
     """The start every fit of `preset` begins from: None for fit.start "cold" (random, per image), the
-    checkpoint's warm start for "checkpoint" (`trained` restored by checkpoint.load_checkpoint: its
-    `warm_start`). A clear AnoUnetError when the checkpoint has none or it does not fit the U-Net."""
+    f-Net stage's warm start for "warm" (`trained.warm_start`: from `with_warm_start`, or restored
+    by checkpoint.load_checkpoint). A clear AnoUnetError when the checkpoint has none or it does not fit the U-Net."""
     start = getattr(preset.fit, "start", "cold")
     if start == "cold":
         return None
-    if start != "checkpoint":
+    if start != "warm":
         raise AnoUnetError(f"unknown fit.start {start!r}; use one of {list(START_CHOICES)}")
     ws = getattr(trained, "warm_start", None)
     if ws is None:
-        raise AnoUnetError("fit.start=checkpoint needs a warm start stored in the f-Net checkpoint, and this "
-                           "one has none; rebuild it with `anounet train-fnet ... --warm-start STEPS`, or use "
-                           "fit.start=cold")
+        raise AnoUnetError("fit.start=warm needs a warm start stored with the f-Net, and this checkpoint has "
+                           "none; rebuild it with `anounet train-fnet ... --set fit.start=warm`, or score "
+                           "with `--set fit.start=cold --set fit.steps=60`")
     check_start_shape(preset.unet, preset.image_size, ws.params)
     return ws.params

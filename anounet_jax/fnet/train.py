@@ -63,7 +63,7 @@ def augment(key, x):
 
 @dataclasses.dataclass
 class TrainedFNet:
-    """The f-Net stage's result: the frozen network, C, and what C was computed from."""
+    """The f-Net stage's result: the frozen network, C, what C was computed from, and the fits' warm start."""
 
     fnet: FrozenFNet
     center: np.ndarray  # C, float32 (D,)
@@ -71,6 +71,9 @@ class TrainedFNet:
     history: list[float]  # mean training loss per epoch ([] when restored)
     feature_scale: float | None = None  # mean L_C of the normal training images (FitConfig.lc_scale)
     patch_memory: object = None  # fnet.patch_memory.PatchMemory (FNetConfig.patch_memory > 0), or None
+    # engine.warm_start.WarmStart: where the fits start for fit.start "warm" (engine.warm_start.with_warm_start
+    # adds it; a checkpoint restores it), or None
+    warm_start: object = None
 
 
 def feature_scale(features: np.ndarray, center: np.ndarray) -> float:

@@ -25,6 +25,7 @@ from anounet_jax.data.embedded import load_reference
 from anounet_jax.data.sources import load_labelled
 from anounet_jax.engine.fit import Engine
 from anounet_jax.errors import AnoUnetError
+from anounet_jax.engine.warm_start import check_start, with_warm_start
 from anounet_jax.fnet.train import train_fnet
 from anounet_jax.jobs.common import check_seed, prepare_out_dir
 from anounet_jax.maps import map_score, smooth, write_panels
@@ -35,6 +36,7 @@ def run_demo(preset: Preset, out_dir, seed: int = 0, progress: bool = True, log=
     """The `anounet demo` job; returns (and writes) the metrics. The preset's `data` section names the
     embedded texture and the counts, its `engine` section the formulation and chunk size."""
     seed = check_seed(seed)
+    check_start(preset)
     out_dir = prepare_out_dir(out_dir)
     t0 = time.perf_counter()
     data = load_labelled("embedded", preset, seed)
@@ -45,6 +47,8 @@ def run_demo(preset: Preset, out_dir, seed: int = 0, progress: bool = True, log=
         f"of {preset.image_size}x{preset.image_size} ({data.category})")
     t1 = time.perf_counter()
     trained = train_fnet(preset.fnet, train, reference, seed=seed, progress=progress)
+    t_fnet = time.perf_counter()
+    trained = with_warm_start(preset, trained, train.images, seed=seed, progress=progress, log=log)
     t2 = time.perf_counter()
     engine = Engine.for_trained(preset, trained)
     result = engine.fit(test.images, seed=seed, progress=progress)
@@ -54,7 +58,9 @@ def run_demo(preset: Preset, out_dir, seed: int = 0, progress: bool = True, log=
     write_panels(out_dir, test.images, test.ids, {"heatmap": maps}, masks=test.masks, recon=result.recon)
     metrics.update(
         preset=preset.name, formulation=engine.formulation, diverged=int(result.diverged.sum()),
-        seconds={"data": round(t1 - t0, 1), "fnet": round(t2 - t1, 1), "fit": round(t3 - t2, 1),
+        warm_start=None if trained.warm_start is None else trained.warm_start.describe(),
+        seconds={"data": round(t1 - t0, 1), "fnet": round(t_fnet - t1, 1), "warm_start": round(t2 - t_fnet, 1),
+                 "fit": round(t3 - t2, 1),
                  "total": round(time.perf_counter() - t0, 1)},
         fit_images_per_s=round(len(test) / (t3 - t2), 3),
     )

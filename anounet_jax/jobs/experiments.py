@@ -124,7 +124,9 @@ def _finite_or_none(value):
 
 def train_stage(preset: Preset, train: ImageSet, reference: ImageSet, *, seed: int = 0, fnet_weights=None,
                 progress: bool = True, log=print):
-    """The f-Net stage (`fnet.train.train_fnet`), from imported ``fnet_weights`` when given."""
+    """The f-Net stage (`fnet.train.train_fnet`), from imported ``fnet_weights`` when given, with the fits'
+    warm start when the preset's fit.start is "warm"."""
+    from anounet_jax.engine.warm_start import with_warm_start
     from anounet_jax.fnet.train import train_fnet
     from anounet_jax.fnet.weights import load_fnet_weights
 
@@ -132,7 +134,8 @@ def train_stage(preset: Preset, train: ImageSet, reference: ImageSet, *, seed: i
     log(f"f-Net ({preset.fnet.arch}, {preset.fnet.method}, "
         f"{'imported weights' if init is not None else 'from scratch'}): {len(train)} normal + "
         f"{len(reference)} reference images of {preset.image_size}x{preset.image_size}")
-    return train_fnet(preset.fnet, train, reference, seed=seed, progress=progress, init_variables=init)
+    trained = train_fnet(preset.fnet, train, reference, seed=seed, progress=progress, init_variables=init)
+    return with_warm_start(preset, trained, train.images, seed=seed, progress=progress, log=log)
 
 
 def run_experiment(preset: Preset, train: ImageSet, reference: ImageSet | None, test: ImageSet, out_dir, *,

@@ -17,13 +17,14 @@ job computes them (its threshold = their 95% quantile, see fnet/scores.py). With
 The checkpoint stores the preset the f-Net was trained with, `--method` applied; scoring with it
 needs nothing else (`anounet score ... --ckpt CKPT`).
 
-Warm start (`--warm-start STEPS`, issue 17): U-Net parameters trained on the same normal images with the
-per-image objective (engine/warm_start.py: "shared" or "reptile") are stored in the checkpoint, trained
-once here instead of once per job; a job uses them with `--set fit.start=checkpoint`.
+Warm start (fit.start "warm", issue 17): U-Net parameters trained on the same normal images with the
+per-image objective (engine/warm_start.py, the preset's `start` section) are stored in the checkpoint,
+trained once here instead of once per job.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from anounet_jax.config import get_preset
@@ -32,15 +33,13 @@ from anounet_jax.errors import AnoUnetError
 
 def train_fnet_checkpoint(data, out, *, preset="small", method: str | None = None, scorer: str = "lof",
                           seed: int = 0, recursive: bool = False, overwrite: bool = False,
-                          progress: bool = True, log=print, warm_start: int = 0,
-                          warm_start_method: str = "reptile", warm_start_inner: int = 10) -> dict:
+                          progress: bool = True, log=print) -> dict:
     """Train, score-fit and save; returns {"fingerprint", "threshold", "normal", "reference", "path",
     "warm_start_seconds" (None without a warm start)}. Every argument and the output place are checked
-    before training starts.
-
-    warm_start: steps of a warm start for the fits (0: none), by warm_start_method ("shared": Adam
-    steps of one U-Net; "reptile": outer steps, each warm_start_inner steps of the per-image fit)."""
+    before training starts. With the preset's fit.start "warm" the fits' warm start (its `start`
+    section's recipe) is trained on the f-Net's inputs and stored too."""
     from anounet_jax.checkpoint import save_checkpoint
+    from anounet_jax.engine.warm_start import check_start, with_warm_start
     from anounet_jax.data.embedded import load_reference
     from anounet_jax.data.sources import load_normal_images
     from anounet_jax.fnet.scores import make_scorer
@@ -55,14 +54,7 @@ def train_fnet_checkpoint(data, out, *, preset="small", method: str | None = Non
             raise AnoUnetError(f"unknown f-Net method {method!r}; use 'l2softmax' or 'doc'")
         p = p.replace(fnet={"method": method})
     seed = check_seed(seed)
-    from anounet_jax.engine.warm_start import METHODS, make_start
-
-    if isinstance(warm_start, bool) or not isinstance(warm_start, int) or warm_start < 0:
-        raise AnoUnetError(f"warm_start must be a number of steps >= 0, got {warm_start!r}")
-    if warm_start_method not in METHODS:
-        raise AnoUnetError(f"unknown warm-start method {warm_start_method!r}; use one of {list(METHODS)}")
-    if isinstance(warm_start_inner, bool) or not isinstance(warm_start_inner, int) or warm_start_inner < 1:
-        raise AnoUnetError(f"warm_start_inner must be a number of steps >= 1, got {warm_start_inner!r}")
+    check_start(p)
     out = Path(out)
     if out.exists() and not overwrite:  # fail before training, not after
         raise AnoUnetError("a checkpoint (or file) already exists here; pass --overwrite to replace it", out)
@@ -108,19 +100,12 @@ def train_fnet_checkpoint(data, out, *, preset="small", method: str | None = Non
         sc.fit(features, center=features.mean(0) if spec is not None else trained.center)
     else:
         sc.fit(features)
-    start, seconds = None, None
-    if warm_start:
-        import time
-
-        log(f"warm start ({warm_start_method}, {warm_start} steps) on the {len(fit_inputs)} {what}")
-        t0 = time.perf_counter()
-        kw = {"inner_steps": warm_start_inner} if warm_start_method == "reptile" else {}
-        start = make_start(warm_start_method, p, trained, fit_inputs.images, warm_start, seed=seed,
-                           progress=progress, **kw)
-        seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    trained = with_warm_start(p, trained, fit_inputs.images, seed=seed, progress=progress, log=log)
+    seconds = None if trained.warm_start is None else time.perf_counter() - t0
     digest = save_checkpoint(out, p, trained.fnet, trained.center, sc, overwrite=overwrite,
                              feature_scale=trained.feature_scale, patch_memory=trained.patch_memory,
-                             warm_start=start, tile_centers=tile_centers)
+                             warm_start=trained.warm_start, tile_centers=tile_centers)
     return {"fingerprint": digest, "threshold": sc.threshold, "normal": len(normal),
             "tiles": None if spec is None else len(fit_inputs), "reference": n_reference, "path": str(out),
             "warm_start_seconds": seconds}
