@@ -190,7 +190,10 @@ SMALL = Preset(
     # target (mean pixel AUROC 0.747 against 0.769 over the five tuning families)
     fnet=FNetConfig(arch="mobilenet_v2", alpha=0.5, method="l2softmax", alpha_l2=5.0, lr=1e-3,
                     batch_size=64, epochs=0),
-    fit=FitConfig(steps=60, beta=0.015, optimizer="adam", lr=1e-2, lc_scale="normal"),
+    # fits: 10 steps from a Reptile warm start (100 outer steps of 8 images x 10 inner steps, trained
+    # once with the f-Net) instead of 60 from a random U-Net: chosen on the tuning families, better
+    # maps at a sixth of the steps (benchmarks/results/warm_start_small.md, issue 17)
+    fit=FitConfig(steps=10, beta=0.015, optimizer="adam", lr=1e-2, lc_scale="normal", start="warm"),
     data=DataConfig(n_train=800, n_reference_per_class=100, n_test_good=20, n_test_defect=40),
     maps=MapConfig(smoothing_sigma=2.0, image_score="top1"),
     engine=EngineConfig(chunk_size=16),
