@@ -24,8 +24,8 @@ from anounet_jax.config import Preset
 from anounet_jax.data.embedded import load_reference
 from anounet_jax.data.sources import load_labelled
 from anounet_jax.engine.fit import Engine
-from anounet_jax.errors import AnoUnetError
 from anounet_jax.engine.warm_start import check_start, with_warm_start
+from anounet_jax.errors import AnoUnetError
 from anounet_jax.fnet.train import train_fnet
 from anounet_jax.jobs.common import check_seed, prepare_out_dir
 from anounet_jax.maps import map_score, smooth, write_panels
