@@ -39,9 +39,9 @@ def train_fnet_checkpoint(data, out, *, preset="small", method: str | None = Non
     before training starts. With the preset's fit.start "warm" the fits' warm start (its `start`
     section's recipe) is trained on the f-Net's inputs and stored too."""
     from anounet_jax.checkpoint import save_checkpoint
-    from anounet_jax.engine.warm_start import check_start, with_warm_start
     from anounet_jax.data.embedded import load_reference
     from anounet_jax.data.sources import load_normal_images
+    from anounet_jax.engine.warm_start import check_start, with_warm_start
     from anounet_jax.fnet.scores import make_scorer
     from anounet_jax.fnet.train import describe, train_fnet
     from anounet_jax.jobs.common import check_seed, prepare_out_dir
