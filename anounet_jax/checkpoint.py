@@ -5,11 +5,12 @@ On disk (an orbax composite checkpoint, one directory):
     <path>/arrays   StandardSave: {"fnet": {"params", "batch_stats"}, "center": C (D,),
                                    "scorer": the scorer's array entries (see fnet/scores.py),
                                    optional: "patch_memory", "warm_start" (U-Net parameters),
-                                   "tile_centers" (n_tiles, D)}
+                                   "tile_centers" (n_tiles, D), "flaw_head" ({"kernel", "bias"})}
     <path>/meta     JsonSave: {"format_version", "preset" (Preset.to_dict()), "scorer" (its numbers
                                 and strings), "fingerprint", optional: "feature_scale",
                                 "patch_memory", "warm_start" ({"method", "steps", "inner_steps"}),
-                                "tile_centers" ({"native_hw", "tile", "stride", "scale"})}
+                                "tile_centers" ({"native_hw", "tile", "stride", "scale"}),
+                                "flaw_head" ({"layer"})}
 
 Per-position centers (tiles.center "position", issue 16, fnet/tile_centers.py): one C per tile position
 of the grid over images of one native size, stored with that grid so a score job can check that its
@@ -78,13 +79,14 @@ class Checkpoint:
     patch_memory: object = None  # fnet.patch_memory.PatchMemory, when the f-Net was trained with one
     warm_start: object = None  # engine.warm_start.WarmStart, when train-fnet stored one (fit.start warm)
     tile_centers: object = None  # fnet.tile_centers.TileCenters (tiles.center "position"), or None
+    flaw_head: object = None  # fnet.flaw_head.FlawHead (fnet.synthetic_flaws), or None
 
     @property
     def trained(self):
         """The f-Net stage as a job uses it (`fnet.train.TrainedFNet`), restored instead of trained; it
         also carries the stored warm start (`.warm_start`, read by engine.warm_start.start_params_for)."""
         return TrainedFNet(self.fnet, self.center, None, [], self.feature_scale, self.patch_memory,
-                           self.warm_start)
+                           self.warm_start, self.flaw_head)
 
 
 def _ocp():
@@ -123,10 +125,10 @@ def _digest(arrays: dict, scorer_scalars: dict, extra: dict | None = None) -> st
     return h.hexdigest()
 
 
-EXTRAS = ("feature_scale", "patch_memory", "warm_start", "tile_centers")  # optional meta entries, in the fingerprint
+EXTRAS = ("feature_scale", "patch_memory", "warm_start", "tile_centers", "flaw_head")  # optional meta entries, in the fingerprint
 
 
-def _extra(feature_scale, patch_memory, warm_start=None, tile_centers=None) -> dict:
+def _extra(feature_scale, patch_memory, warm_start=None, tile_centers=None, flaw_head=None) -> dict:
     out = {}
     if feature_scale is not None:
         out["feature_scale"] = float(feature_scale)
@@ -136,11 +138,13 @@ def _extra(feature_scale, patch_memory, warm_start=None, tile_centers=None) -> d
         out["warm_start"] = warm_start.describe()
     if tile_centers is not None:
         out["tile_centers"] = tile_centers.describe()
+    if flaw_head is not None:
+        out["flaw_head"] = {"layer": flaw_head.layer}
     return out
 
 
 def _array_tree(fnet_variables, center, scorer, patch_memory=None, warm_start=None,
-                tile_centers=None) -> tuple[dict, dict]:
+                tile_centers=None, flaw_head=None) -> tuple[dict, dict]:
     if isinstance(fnet_variables, FrozenFNet):
         fnet_variables = fnet_variables.variables
     scorer_arrays, scorer_scalars = _split_scorer_state(scorer.state_dict())
@@ -153,24 +157,26 @@ def _array_tree(fnet_variables, center, scorer, patch_memory=None, warm_start=No
         arrays["warm_start"] = _to_numpy_tree(warm_start.params)
     if tile_centers is not None:
         arrays["tile_centers"] = np.asarray(tile_centers.centers, np.float32)
+    if flaw_head is not None:
+        arrays["flaw_head"] = _to_numpy_tree(flaw_head.params)
     return arrays, scorer_scalars
 
 
 def fingerprint(fnet_variables, center, scorer, feature_scale: float | None = None, patch_memory=None,
-                warm_start=None, tile_centers=None) -> str:
+                warm_start=None, tile_centers=None, flaw_head=None) -> str:
     """The content fingerprint `save_checkpoint` would store for these values (hex SHA-256)."""
-    return _digest(*_array_tree(fnet_variables, center, scorer, patch_memory, warm_start, tile_centers),
-                   _extra(feature_scale, patch_memory, warm_start, tile_centers))
+    return _digest(*_array_tree(fnet_variables, center, scorer, patch_memory, warm_start, tile_centers, flaw_head),
+                   _extra(feature_scale, patch_memory, warm_start, tile_centers, flaw_head))
 
 
 def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwrite: bool = False,
                     feature_scale: float | None = None, patch_memory=None, warm_start=None,
-                    tile_centers=None) -> str:
+                    tile_centers=None, flaw_head=None) -> str:
     """Save f-Net variables (or a FrozenFNet), C, a fitted scorer, the feature scale (the mean L_C of
     the normal training images, `TrainedFNet.feature_scale`), the memory of normal patch features
     (`TrainedFNet.patch_memory`, if any), a warm start for the fits (`engine.warm_start.WarmStart`, if
     any; its U-Net must be the preset's), the per-position centers (`fnet.tile_centers.TileCenters`, if
-    any) and the preset as one checkpoint.
+    any), the f-Net's flaw head (`TrainedFNet.flaw_head`, if any) and the preset as one checkpoint.
 
     Returns the content fingerprint. An existing `path` is an error unless overwrite=True (then it is
     replaced only once the new checkpoint is complete; see the module docstring).
@@ -179,7 +185,8 @@ def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwr
     if path.exists() and not overwrite:
         raise AnoUnetError("a checkpoint (or file) already exists here; pass overwrite=True to replace it",
                            path)
-    arrays, scorer_scalars = _array_tree(fnet_variables, center, scorer, patch_memory, warm_start, tile_centers)
+    arrays, scorer_scalars = _array_tree(fnet_variables, center, scorer, patch_memory, warm_start, tile_centers,
+                                         flaw_head)
     if tile_centers is not None and arrays["tile_centers"].shape[1:] != arrays["center"].shape:
         raise AnoUnetError(f"per-position centers {arrays['tile_centers'].shape} do not match C "
                            f"{arrays['center'].shape}", path)
@@ -188,7 +195,7 @@ def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwr
         from anounet_jax.engine.warm_start import check_start_shape
 
         check_start_shape(preset.unet, preset.image_size, arrays["warm_start"])
-    extra = _extra(feature_scale, patch_memory, warm_start, tile_centers)
+    extra = _extra(feature_scale, patch_memory, warm_start, tile_centers, flaw_head)
     digest = _digest(arrays, scorer_scalars, extra)
     meta = {"format_version": FORMAT_VERSION, "preset": preset.to_dict(), "scorer": scorer_scalars,
             "fingerprint": digest, **extra}
@@ -311,7 +318,12 @@ def load_checkpoint(path, expected_preset: Preset | None = None) -> Checkpoint:
         from anounet_jax.fnet.tile_centers import TileCenters
 
         tile_centers = TileCenters.from_description(arrays["tile_centers"], extra["tile_centers"])
+    flaw_head = None
+    if "flaw_head" in arrays and "flaw_head" in extra:
+        from anounet_jax.fnet.flaw_head import FlawHead
+
+        flaw_head = FlawHead(arrays["flaw_head"], preset.fnet, extra["flaw_head"]["layer"])
     return Checkpoint(preset=preset, fnet=fnet, center=np.asarray(arrays["center"], np.float32),
                       scorer=scorer, fingerprint=digest, path=str(path),
                       feature_scale=extra.get("feature_scale"), patch_memory=memory, warm_start=warm,
-                      tile_centers=tile_centers)
+                      tile_centers=tile_centers, flaw_head=flaw_head)

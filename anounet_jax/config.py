@@ -66,6 +66,10 @@ class FitConfig:
     # Weight of the spatial feature term: G(x)'s local f-Net features against a memory of normal patch
     # features (engine/steps.py spatial_loss), in units of a normal patch's squared distance; 0 = off (the original).
     spatial_beta: float = 0.0
+    # Weight of the flaw term: the mean over G(x)'s stride-8 cells of -log(1 - p_flaw) from the f-Net's
+    # flaw head (fnet.synthetic_flaws; fnet/flaw_head.py): the fit rewrites what the head sees as a
+    # local flaw. 0 = off (the original).
+    flaw_beta: float = 0.0
     # Where every image's fit starts: "cold" (random U-Net parameters per image, the original) or
     # "warm" (U-Net parameters trained once on the normal images by the `start` section's recipe, with
     # the f-Net: stored in its checkpoint by `anounet train-fnet`, trained in-process by demo and

@@ -42,7 +42,7 @@ RULES: dict[str, tuple] = {
     "fnet.patch_memory": ("in [0, 1]", lambda v: 0.0 <= v <= 1.0),
     "fit.steps": POSITIVE, "fit.beta": NON_NEGATIVE, "fit.optimizer": ("sgd", "adam"),
     "fit.lr": POSITIVE, "fit.momentum": NON_NEGATIVE, "fit.lc_scale": ("raw", "normal"),
-    "fit.spatial_beta": NON_NEGATIVE, "fit.start": ("cold", "warm"),
+    "fit.spatial_beta": NON_NEGATIVE, "fit.flaw_beta": NON_NEGATIVE, "fit.start": ("cold", "warm"),
     "data.category": ("brick", "grass", "gravel"), "data.n_train": POSITIVE, "data.n_reference_per_class": POSITIVE,
     "data.n_test_good": NON_NEGATIVE, "data.n_test_defect": POSITIVE,
     "maps.smoothing_sigma": NON_NEGATIVE, "maps.image_score": ("max", "top1"), "engine.chunk_size": POSITIVE,

@@ -90,7 +90,8 @@ class Engine:
 
     unet_cfg, fit_cfg: UNetConfig, FitConfig. fnet: the frozen feature network. center: C, (D,).
     feature_scale: L_C's unit (L_C is divided by it; `TrainedFNet.feature_scale` for lc_scale "normal").
-    patch_memory: the f-Net's memory of normal patch features (fit.spatial_beta > 0). start_params:
+    patch_memory: the f-Net's memory of normal patch features (fit.spatial_beta > 0). flaw_head: the
+    f-Net's flaw head (fit.flaw_beta > 0, fnet/flaw_head.py). start_params:
     U-Net parameters every fit starts from (a warm start, engine/warm_start.py); None: random.
     formulation: "auto", "measure" (time the backend's candidates on the first chunk's shape) or one of
     FORMULATIONS. chunk_size: images fitted at once, used as given; None: `default_chunk`, lowered
@@ -103,7 +104,7 @@ class Engine:
     def __init__(self, unet_cfg, fit_cfg, fnet: FrozenFNet, center, *, formulation: str = "auto",
                  chunk_size: int | None = None, default_chunk: int = 8, steps_per_call: int = 1,
                  devices=None, compute_dtype=jnp.float32, feature_scale: float = 1.0, patch_memory=None,
-                 start_params=None):
+                 start_params=None, flaw_head=None):
         self.unet_cfg, self.fit_cfg = unet_cfg, fit_cfg
         self.fnet = fnet
         self.center = np.asarray(center, np.float32)
@@ -124,6 +125,13 @@ class Engine:
                                    "train the f-Net with fnet.patch_memory > 0 (e.g. 0.01)")
             self.target.update(memory=jnp.asarray(patch_memory.memory, jnp.float32),
                                spatial_weight=jnp.float32(fit_cfg.spatial_beta / patch_memory.scale))
+        self.flaw_head = flaw_head
+        if getattr(fit_cfg, "flaw_beta", 0.0) > 0:
+            if flaw_head is None:
+                raise AnoUnetError("fit.flaw_beta > 0 needs the f-Net's flaw head: train the f-Net with "
+                                   "fnet.synthetic_flaws=true (fnet.epochs > 0)")
+            self.target.update(flaw_head=jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), flaw_head.params),
+                               flaw_weight=jnp.float32(fit_cfg.flaw_beta))
         self.steps_per_call = max(1, int(steps_per_call))
         if fit_cfg.steps % self.steps_per_call:
             raise AnoUnetError(f"steps ({fit_cfg.steps}) must be a multiple of steps_per_call "
@@ -143,7 +151,7 @@ class Engine:
 
     @classmethod
     def from_preset(cls, preset, fnet: FrozenFNet, center, feature_scale: float | None = None,
-                    patch_memory=None, **kw) -> "Engine":
+                    patch_memory=None, flaw_head=None, **kw) -> "Engine":
         """The engine a preset describes (its unet, fit and engine sections); kw overrides.
         feature_scale: `TrainedFNet.feature_scale`, required when preset.fit.lc_scale is "normal".
         A preset with fit.start "warm" needs its start: `for_trained` (the f-Net stage carries it) or
@@ -162,6 +170,8 @@ class Engine:
         kw.setdefault("formulation", preset.engine.formulation)
         if preset.fit.spatial_beta > 0:
             kw.setdefault("patch_memory", patch_memory)
+        if preset.fit.flaw_beta > 0:
+            kw.setdefault("flaw_head", flaw_head)
         kw.setdefault("default_chunk", preset.engine.chunk_size)
         return cls(preset.unet, preset.fit, fnet, center, **kw)
 
@@ -174,7 +184,7 @@ class Engine:
         if "start_params" not in kw:
             kw["start_params"] = start_params_for(preset, trained)
         return cls.from_preset(preset, trained.fnet, trained.center, trained.feature_scale,
-                               trained.patch_memory, **kw)
+                               trained.patch_memory, getattr(trained, "flaw_head", None), **kw)
 
     def _set_formulation(self, formulation: str) -> None:
         self.formulation = formulation
@@ -184,6 +194,7 @@ class Engine:
         self.spec = StepSpec(unet=unet_from_config(self.unet_cfg, conv_impl=conv_impl, dtype=self.compute_dtype),
                              fnet_apply=self.fnet.apply,
                              local_apply=self.patch_memory.local_apply if "spatial_weight" in self.target else None,
+                             flaw_apply=self.flaw_head.apply if "flaw_weight" in self.target else None,
                              optimizer=f.optimizer,
                              lr=float(f.lr), momentum=float(f.momentum),
                              per_image="vmap" if formulation.startswith("vmap") else "unroll",
@@ -193,7 +204,7 @@ class Engine:
         if self.formulation is None:  # "measure", on the first shape the engine sees
             name, _ = measure_formulation(self.unet_cfg, self.fit_cfg, self.fnet, self.center,
                                           tuple(image_shape), chunk_size=self.chunk_size, devices=self.devices,
-                                          patch_memory=self.patch_memory)
+                                          patch_memory=self.patch_memory, flaw_head=self.flaw_head)
             self._set_formulation(name)
 
     @property
@@ -302,7 +313,7 @@ def _result(images, recon, loss_r, loss_c) -> FitResult:
 
 
 def measure_formulation(unet_cfg, fit_cfg, fnet, center, image_shape, candidates=None, chunk_size=8,
-                        steps: int = 2, devices=None, patch_memory=None) -> tuple[str, dict]:
+                        steps: int = 2, devices=None, patch_memory=None, flaw_head=None) -> tuple[str, dict]:
     """Time each candidate formulation on a chunk of random images of `image_shape` and return the
     fastest (and {formulation: ms per image-step}). The fit steps are timed apart from compilation,
     initialization and evaluation: a fit of 1 + steps steps minus a fit of 1 step. Costs one
@@ -310,7 +321,7 @@ def measure_formulation(unet_cfg, fit_cfg, fnet, center, image_shape, candidates
     per configuration in the process."""
     backend = (list(devices)[0].platform if devices else jax.default_backend())
     candidates = tuple(candidates or MEASURE_CANDIDATES.get(backend, FORMULATIONS))
-    maths = (fit_cfg.optimizer, fit_cfg.lr, fit_cfg.momentum, fit_cfg.spatial_beta > 0)
+    maths = (fit_cfg.optimizer, fit_cfg.lr, fit_cfg.momentum, fit_cfg.spatial_beta > 0, fit_cfg.flaw_beta > 0)
     key = (unet_cfg, maths, fnet.apply, tuple(image_shape), candidates, chunk_size, backend)
     if key not in _MEASURED_CHOICE:
         x = np.random.default_rng(0).random((chunk_size, *image_shape), dtype=np.float32)
@@ -318,7 +329,8 @@ def measure_formulation(unet_cfg, fit_cfg, fnet, center, image_shape, candidates
         for form in candidates:
             def run(n_steps):
                 eng = Engine(unet_cfg, dataclasses.replace(fit_cfg, steps=n_steps), fnet, center,
-                             formulation=form, chunk_size=chunk_size, devices=devices, patch_memory=patch_memory)
+                             formulation=form, chunk_size=chunk_size, devices=devices, patch_memory=patch_memory,
+                             flaw_head=flaw_head)
                 t = time.perf_counter()
                 eng.fit(x)
                 return time.perf_counter() - t

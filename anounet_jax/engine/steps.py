@@ -2,6 +2,9 @@
 
     L_i = L_R + w * L_C,   L_R = mean|x_i - G_i(x_i)|,   L_C = mean|f(G_i(x_i)) - C|,   w = beta / scale
 
+(+ optional local f-Net terms: the spatial term against a memory of normal patch features, and the
+flaw term from the f-Net's flaw head, fnet/flaw_head.py.)
+
 `target = {"weight": w}` is a run-time argument (scale is 1 for the original's raw L_C, or the typical
 L_C of a normal image, FitConfig.lc_scale), and so is C, given per image (`center`, (N, D): the one
 global C on every row, or a tile position's own center, data/tiling.py): a beta sweep, a new f-Net or
@@ -32,6 +35,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from anounet_jax.errors import AnoUnetError
+from anounet_jax.fnet.flaw_head import flaw_loss
 from anounet_jax.models.unet import init_unet_params
 
 
@@ -46,6 +50,8 @@ class StepSpec:
     steps_per_call: int = 1
     # the f-Net's local feature maps (fnet.local.local_feature_fn), for the spatial term; None: no such term
     local_apply: Callable[[Any, jax.Array], jax.Array] | None = None
+    # the f-Net's flaw head (fnet.flaw_head.flaw_logits_fn), for the flaw term; None: no such term
+    flaw_apply: Callable[[Any, Any, jax.Array], jax.Array] | None = None
 
 
 def make_optimizer(optimizer: str, lr: float, momentum: float, batch_norm: bool) -> optax.GradientTransformation:
@@ -99,6 +105,9 @@ def losses(spec: StepSpec, params, x, center, fnet_vars, target):
     total = loss_r + target["weight"] * loss_c
     if spec.local_apply is not None:
         total = total + target["spatial_weight"] * spatial_loss(spec, recon, fnet_vars, target)
+    if spec.flaw_apply is not None:
+        logits = spec.flaw_apply(fnet_vars, target["flaw_head"], recon.astype(jnp.float32))
+        total = total + target["flaw_weight"] * flaw_loss(logits)
     return total, (recon, loss_r, loss_c)
 
 

@@ -5,8 +5,8 @@ softmax over the classes {normal, reference class 1..K}; cross-entropy.
 DOC (Perera & Patel 2019): descriptiveness = softmax cross-entropy on reference images, compactness =
 mean squared distance of each normal feature to the mean of the *other* normal features in its batch
 (scaled by n^2/(n-1)^2 as in the paper), loss = descriptiveness + lambda * compactness.
-The head is dropped after training; the engine gets a FrozenFNet, and C is the mean feature of the
-normal training images. `train_fnet` is the whole f-Net stage: every job calls it.
+The class head is dropped after training (a flaw head, fnet.synthetic_flaws, is kept: fnet/flaw_head.py);
+the engine gets a FrozenFNet, and C is the mean feature of the normal training images. `train_fnet` is the whole f-Net stage: every job calls it.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ class TrainedFNet:
     # engine.warm_start.WarmStart: where the fits start for fit.start "warm" (engine.warm_start.with_warm_start
     # adds it; a checkpoint restores it), or None
     warm_start: object = None
+    flaw_head: object = None  # fnet.flaw_head.FlawHead (fnet.synthetic_flaws), or None
 
 
 def feature_scale(features: np.ndarray, center: np.ndarray) -> float:
@@ -235,4 +236,9 @@ def train_fnet(cfg, normal: ImageSet, reference: ImageSet, seed: int = 0, progre
         scale = feature_scale(feats, center)
     except AnoUnetError:  # (only a scale-free L_C needs it: Engine.from_preset says so there)
         scale = None
-    return TrainedFNet(fnet, center, feats, history, scale, memory)
+    flaw_head = None
+    if seg_layer is not None:  # kept: the fits' flaw term reads it (fnet/flaw_head.py)
+        from anounet_jax.fnet.flaw_head import FlawHead
+
+        flaw_head = FlawHead(jax.device_get(params["seg_head"]), cfg, seg_layer)
+    return TrainedFNet(fnet, center, feats, history, scale, memory, flaw_head=flaw_head)
