@@ -6,8 +6,8 @@
 --data: "tuning" or "held-out" (the fixed split of the synthetic families, data/synthetic.py: tune
 presets and method choices ONLY on "tuning"; "held-out" is for reporting), or a comma-separated list
 of data sources ("embedded", "synthetic:weave", an MVTec AD category folder).
---ablation adds Ano-Unet with beta 0 and spatial_beta 0 (the per-image fit alone, no f-Net term) as
-"ano-unet[beta=0]".
+--ablation adds Ano-Unet with beta, spatial_beta and flaw_beta 0 (the per-image fit alone, no f-Net term) as
+"ano-unet[beta=0]"; with a warm-started preset it has its own start, trained at beta 0.
 
 Every data set runs `anounet_jax.jobs.evaluate.evaluate` (one shared f-Net, the same smoothing for
 every method's maps) into OUT/<name>/<methods>/ for the methods OUT/<name>/metrics.json does not hold
@@ -45,8 +45,20 @@ def _register_ablation() -> None:
 
     base = METHODS["ano-unet"]
 
-    def without_term(inputs):  # no f-Net term at all
-        return type(inputs)(**{**inputs.__dict__, "preset": inputs.preset.replace(fit={"beta": 0.0, "spatial_beta": 0.0})})
+    def without_term(inputs):
+        """No f-Net term at all: not in the fits, and not in their warm start either (a start trained
+        with L_C would carry the term into the ablation; it gets its own, trained at beta 0)."""
+        import dataclasses
+
+        from anounet_jax.engine.warm_start import with_warm_start
+
+        preset = inputs.preset.replace(fit={"beta": 0.0, "spatial_beta": 0.0, "flaw_beta": 0.0})
+        trained = inputs.trained
+        if preset.fit.start == "warm" and trained is not None and inputs.preset.fit.beta != 0:
+            # (the start's objective has L_C but not the local terms: at beta 0 it is the same start)
+            trained = with_warm_start(preset, dataclasses.replace(trained, warm_start=None), inputs.train.images,
+                                      seed=inputs.seed, progress=inputs.progress)
+        return dataclasses.replace(inputs, preset=preset, trained=trained)
 
     register(Method(ABLATION, lambda inputs: base.run(without_term(inputs)), base.image_score, needs_fnet=True,
                     prepare=lambda inputs: base.prepare(without_term(inputs))))

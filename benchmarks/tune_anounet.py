@@ -76,11 +76,15 @@ def run_family(source, preset, variants, seed, out_file, log):
                 log(f"  patch memory: {fnets[mkey].memory.shape}, scale {fnets[mkey].scale:.4g}, "
                     f"{time.perf_counter() - t0:.0f} s")
             memory = fnets[mkey]
-        wkey = fkey + json.dumps(p.fit.__dict__, sort_keys=True) + json.dumps(p.start.__dict__, sort_keys=True)
-        if p.fit.start == "warm" and wkey not in fnets:  # the start depends on the fit's objective
+        # the start depends on the fit's objective and optimizer, not on its steps or spatial term
+        # (engine/warm_start.py): fit variants that differ only there share one start
+        start_fit = {k: v for k, v in p.fit.__dict__.items() if k not in ("steps", "spatial_beta", "flaw_beta")}
+        wkey = fkey + json.dumps(start_fit, sort_keys=True) + json.dumps(p.start.__dict__, sort_keys=True)
+        if p.fit.start == "warm" and wkey not in fnets:
             fnets[wkey] = with_warm_start(p, trained, ds.train.images, seed=seed)
         start = start_params_for(p, fnets[wkey]) if p.fit.start == "warm" else None
-        eng = Engine.from_preset(p, trained.fnet, trained.center, trained.feature_scale, memory, start_params=start)
+        eng = Engine.from_preset(p, trained.fnet, trained.center, trained.feature_scale, memory,
+                                 trained.flaw_head, start_params=start)
         res = eng.fit(test.images, seed=seed)
         maps = smooth(res.heatmap, p.maps.smoothing_sigma)
         scores = image_scores(maps, fdist, lof, res.loss_c)
