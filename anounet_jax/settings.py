@@ -119,7 +119,12 @@ def apply_overrides(preset: Preset, overrides: typing.Iterable[str]) -> Preset:
         value = _parse(key, types[field], raw)
         _check(key, value)
         changes.setdefault(section, {})[field] = value
-    return preset.replace(**changes)
+    out = preset.replace(**changes)
+    if out.fit.flaw_beta > 0 and not (out.fnet.synthetic_flaws and out.fnet.epochs > 0):
+        # said before any training: the flaw term reads a head only a trained f-Net with flaws has
+        raise AnoUnetError("setting fit.flaw_beta > 0 needs the f-Net's flaw head: add fnet.synthetic_flaws=true "
+                           "and fnet.epochs > 0 (e.g. 8)")
+    return out
 
 
 def _scalar(key: str, value, path) -> str:

@@ -205,3 +205,12 @@ def test_argparse_helper_parses_repeated_set():
     args = parser.parse_args([])
     assert args.overrides == [] and args.config is None
     assert "fnet" in parser.format_help() and "KEY=VALUE" in parser.format_help()
+
+
+def test_a_flaw_weight_without_a_flaw_trained_fnet_is_refused_before_training():
+    with pytest.raises(AnoUnetError, match="synthetic_flaws"):
+        apply_overrides(SMALL, ["fit.flaw_beta=0.3"])  # the small preset's f-Net is untrained
+    with pytest.raises(AnoUnetError, match="synthetic_flaws"):
+        apply_overrides(SMALL, ["fit.flaw_beta=0.3", "fnet.synthetic_flaws=true"])  # still epochs 0
+    p = apply_overrides(SMALL, ["fit.flaw_beta=0.3", "fnet.synthetic_flaws=true", "fnet.epochs=8"])
+    assert p.fit.flaw_beta == 0.3 and p.fnet.synthetic_flaws and p.fnet.epochs == 8
