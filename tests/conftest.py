@@ -35,6 +35,18 @@ def random_fnet():
     return FrozenFNet.from_module(m, m.init(jax.random.PRNGKey(0), x))
 
 
+def stripes(n, seed=0, size=TINY.image_size):
+    """Normal images for local-term tests: diagonal stripes of random phase, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = []
+    for _ in range(n):
+        v = 0.5 + 0.35 * np.sin((xx + yy) * 0.8 + rng.uniform(0, 6.3))
+        img = np.stack([v, 0.8 * v, 0.6 * v], -1) + rng.normal(0, 0.02, (size, size, 3))
+        out.append(np.clip(img, 0, 1))
+    return np.asarray(out, np.float32)
+
+
 def tiny_fit(**changes):
     return dataclasses.replace(TINY.fit, **changes)
 

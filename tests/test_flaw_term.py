@@ -14,22 +14,10 @@ from anounet_jax.errors import AnoUnetError
 from anounet_jax.fnet.flaw_head import flaw_loss
 from anounet_jax.fnet.local import cell_centers
 from anounet_jax.fnet.train import train_fnet
-from tests.conftest import tiny_fit
+from tests.conftest import stripes, tiny_fit
 
 SIZE = TINY.image_size
 FLAWED = TINY.replace(fnet={"synthetic_flaws": True, "epochs": 12, "lr": 3e-3})
-
-
-def _stripes(n, seed=0):
-    """Normal images: diagonal stripes of random phase, plus a little noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    out = []
-    for _ in range(n):
-        v = 0.5 + 0.35 * np.sin((xx + yy) * 0.8 + rng.uniform(0, 6.3))
-        img = np.stack([v, 0.8 * v, 0.6 * v], -1) + rng.normal(0, 0.02, (SIZE, SIZE, 3))
-        out.append(np.clip(img, 0, 1))
-    return np.asarray(out, np.float32)
 
 
 def _smoothed(x, box=(slice(8, 22), slice(8, 22))):
@@ -43,7 +31,7 @@ def _smoothed(x, box=(slice(8, 22), slice(8, 22))):
 
 @pytest.fixture(scope="module")
 def flawed_trained(tiny_data):
-    normal = ImageSet(_stripes(96), labels=np.zeros(96, np.int64))
+    normal = ImageSet(stripes(96), labels=np.zeros(96, np.int64))
     return train_fnet(FLAWED.fnet, normal, tiny_data["reference"], seed=0, progress=False)
 
 
@@ -52,7 +40,7 @@ def test_the_flaw_head_is_kept_and_sees_a_smoothed_patch(flawed_trained):
     smoothed patch (a test defect it never saw) than on the normal stripes around it."""
     head = flawed_trained.flaw_head
     assert head is not None and head.params["kernel"].shape[-1] == 1
-    x, mask = _smoothed(_stripes(8, seed=3), (slice(4, 26), slice(4, 26)))
+    x, mask = _smoothed(stripes(8, seed=3), (slice(4, 26), slice(4, 26)))
     logits = head.logits(flawed_trained.fnet.variables, x)
     centers = cell_centers(SIZE, 8).astype(int)  # the pixel each stride-8 cell is centred on
     cell = mask[np.ix_(centers, centers)]
@@ -61,14 +49,14 @@ def test_the_flaw_head_is_kept_and_sees_a_smoothed_patch(flawed_trained):
     pixels = head.pixel_maps(flawed_trained.fnet.variables, x)  # the same, on the pixels
     assert pixels.shape == x.shape[:3] and pixels[:, mask].mean() > pixels[:, ~mask].mean() + 0.5
     # untrained f-Nets and ones trained without flaws have no head
-    assert train_fnet(TINY.fnet.__class__(**{**TINY.fnet.__dict__, "epochs": 0}),
-                      ImageSet(_stripes(8)), ImageSet(_stripes(4, 1)), progress=False).flaw_head is None
+    assert train_fnet(dataclasses.replace(TINY.fnet, epochs=0),
+                      ImageSet(stripes(8)), ImageSet(stripes(4, 1)), progress=False).flaw_head is None
 
 
 def test_the_flaw_term_rewrites_what_the_head_flags(flawed_trained):
     """With the flaw term, the fit leaves less flaw in G(x) (by the head) and more residual in the
     smoothed patch, relative to the background, than the same fit without it (same seeds)."""
-    x, mask = _smoothed(_stripes(4, seed=7))
+    x, mask = _smoothed(stripes(4, seed=7))
     kw = dict(formulation="loop")
     fit = dict(steps=20, beta=0.0)
     with_term = Engine.for_trained(FLAWED.replace(fit={**fit, "flaw_beta": 1.0}), flawed_trained, **kw).fit(x, seed=1)
@@ -85,7 +73,7 @@ def test_the_flaw_term_rewrites_what_the_head_flags(flawed_trained):
 
 
 def test_the_flaw_term_keeps_images_independent(flawed_trained):
-    x, _ = _smoothed(_stripes(4, seed=9))
+    x, _ = _smoothed(stripes(4, seed=9))
     p = FLAWED.replace(fit={"steps": 4, "flaw_beta": 1.0})
     together = Engine.for_trained(p, flawed_trained, formulation="loop").fit(x, seed=2)
     two = Engine.for_trained(p, flawed_trained, formulation="loop", chunk_size=2).fit(x, seed=2)
@@ -115,7 +103,7 @@ def test_the_flaw_head_round_trips_through_a_checkpoint(tmp_path, flawed_trained
     ck = load_checkpoint(tmp_path / "ck")
     assert ck.flaw_head.layer == t.flaw_head.layer
     jax.tree.map(np.testing.assert_array_equal, ck.flaw_head.params, dataclasses.asdict(t.flaw_head)["params"])
-    x, _ = _smoothed(_stripes(2, seed=4))
+    x, _ = _smoothed(stripes(2, seed=4))
     a = Engine.for_trained(p, ck.trained, formulation="loop").fit(x, seed=1)
     b = Engine.for_trained(p, t, formulation="loop").fit(x, seed=1)
     np.testing.assert_array_equal(a.heatmap, b.heatmap)

@@ -7,26 +7,14 @@ from anounet_jax.config import TINY
 from anounet_jax.engine.fit import Engine
 from anounet_jax.errors import AnoUnetError
 from anounet_jax.fnet.patch_memory import build_patch_memory
-from tests.conftest import tiny_fit
+from tests.conftest import stripes, tiny_fit
 
 SIZE = TINY.image_size
 
 
-def _stripes(n, seed=0):
-    """Normal images: diagonal stripes of random phase, plus a little noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    out = []
-    for _ in range(n):
-        v = 0.5 + 0.35 * np.sin((xx + yy) * 0.8 + rng.uniform(0, 6.3))
-        img = np.stack([v, 0.8 * v, 0.6 * v], -1) + rng.normal(0, 0.02, (SIZE, SIZE, 3))
-        out.append(np.clip(img, 0, 1))
-    return np.asarray(out, np.float32)
-
-
 @pytest.fixture(scope="module")
 def memory(tiny_trained):
-    return build_patch_memory(tiny_trained.fnet, TINY.fnet, _stripes(64), seed=0, coreset_fraction=1.0)
+    return build_patch_memory(tiny_trained.fnet, TINY.fnet, stripes(64), seed=0, coreset_fraction=1.0)
 
 
 def test_memory_is_a_coreset_with_a_positive_unit(memory):
@@ -43,7 +31,7 @@ def test_the_spatial_gradient_lands_on_the_defect(tiny_trained, memory):
 
     from anounet_jax.engine.steps import spatial_loss
 
-    x = _stripes(1, seed=5)
+    x = stripes(1, seed=5)
     mask = np.zeros((SIZE, SIZE), bool)
     mask[10:20, 12:22] = True
     x[0][mask] = (0.9, 0.1, 0.1)
@@ -58,7 +46,7 @@ def test_the_spatial_gradient_lands_on_the_defect(tiny_trained, memory):
 
 
 def test_the_spatial_term_changes_the_fit_and_keeps_images_independent(tiny_trained, memory):
-    x = _stripes(4, seed=9)
+    x = stripes(4, seed=9)
     x[1, 8:16, 8:16] = 0.9
     fit = tiny_fit(steps=4, spatial_beta=1.0)
     kw = dict(formulation="loop", patch_memory=memory)
@@ -79,7 +67,7 @@ def test_a_spatial_weight_without_a_memory_is_a_clear_error(tiny_trained):
 
 
 def test_measure_picks_a_formulation_with_the_spatial_term(tiny_trained, memory):
-    x = _stripes(2, seed=4)
+    x = stripes(2, seed=4)
     eng = Engine(TINY.unet, tiny_fit(steps=1, spatial_beta=1.0), tiny_trained.fnet, tiny_trained.center,
                  formulation="measure", chunk_size=2, patch_memory=memory)
     res = eng.fit(x, seed=0)
