@@ -217,3 +217,23 @@ def test_bfloat16_compute_stays_close_to_float32(random_fnet):
     assert not bf16.diverged.any() and bf16.recon.dtype == np.float32
     diff = np.abs(bf16.recon - f32.recon).max()
     assert 0 < diff < 0.05, diff  # bfloat16 really ran (not bitwise float32) and stayed close
+
+
+def test_at_beta_0_the_f_net_never_enters_the_fit(random_fnet):
+    """beta 0 means no L_C: the steps do not run the f-Net (nor its backward pass, the cost), so an
+    f-Net whose gradient is NaN everywhere leaves the fit exactly as a well-behaved one does; L_C is
+    still reported."""
+    import jax.numpy as jnp
+
+    from anounet_jax.fnet.model import FrozenFNet
+
+    # value 0 (finite L_C), gradient 0 * inf = NaN: any weight times it poisons the parameters
+    bad = FrozenFNet(apply=lambda v, x: jnp.sqrt(jnp.maximum(x.mean((1, 2)) - 2.0, 0.0)).sum(-1, keepdims=True)
+                     * jnp.ones((1, 8)), variables={})
+    x = _images(3)
+    good = _engine(random_fnet, beta=0.0).fit(x, seed=2)
+    res = _engine(bad, beta=0.0).fit(x, seed=2)
+    assert not res.diverged.any()
+    np.testing.assert_array_equal(res.recon, good.recon)
+    np.testing.assert_allclose(res.loss_c, 0.1, rtol=1e-6)  # |0 - C| with C = 0.1
+    assert _engine(bad, beta=1e-3).fit(x, seed=2).diverged.all()  # with any weight it does enter

@@ -1,5 +1,6 @@
 """Warm-started fits: every image starts from one U-Net trained on the normal images (issue 17)."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -110,3 +111,26 @@ def test_warm_settings_are_checked_and_old_records_read():
     old = Preset.from_dict(d)
     assert old.fit.start == "warm" and old.start == TINY.start
     assert Preset.from_dict(TINY.to_dict()) == TINY
+
+
+def test_at_beta_0_the_starts_never_run_the_f_net(tiny_data, tiny_trained):
+    """Both start recipes train on L_R alone at beta 0: an f-Net whose gradient is NaN everywhere
+    gives the same start as the real one (before, it poisoned the start through a zero weight)."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from anounet_jax.engine.warm_start import train_reptile_start
+    from anounet_jax.fnet.model import FrozenFNet
+
+    normal = tiny_data["train"].images[:8]
+    d = len(tiny_trained.center)
+    bad = FrozenFNet(apply=lambda v, x: jnp.sqrt(jnp.maximum(x.mean((1, 2)) - 2.0, 0.0)).sum(-1, keepdims=True)
+                     * jnp.ones((1, d)), variables={})
+    poisoned = dataclasses.replace(tiny_trained, fnet=bad)
+    beta0 = TINY.replace(fit={"beta": 0.0})
+    for train in (lambda p, t: train_start(p, t, normal, steps=2, batch_size=4, seed=0),
+                  lambda p, t: train_reptile_start(p, t, normal, steps=2, inner_steps=2, batch_size=4, seed=0)):
+        good, got = train(beta0, tiny_trained), train(beta0, poisoned)
+        for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(got)):
+            np.testing.assert_array_equal(a, b)

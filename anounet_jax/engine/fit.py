@@ -195,6 +195,7 @@ class Engine:
                              fnet_apply=self.fnet.apply,
                              local_apply=self.patch_memory.local_apply if "spatial_weight" in self.target else None,
                              flaw_apply=self.flaw_head.apply if "flaw_weight" in self.target else None,
+                             global_term=f.beta != 0,
                              optimizer=f.optimizer,
                              lr=float(f.lr), momentum=float(f.momentum),
                              per_image="vmap" if formulation.startswith("vmap") else "unroll",

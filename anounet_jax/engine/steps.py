@@ -52,6 +52,9 @@ class StepSpec:
     local_apply: Callable[[Any, jax.Array], jax.Array] | None = None
     # the f-Net's flaw head (fnet.flaw_head.flaw_logits_fn), for the flaw term; None: no such term
     flaw_apply: Callable[[Any, Any, jax.Array], jax.Array] | None = None
+    # False when beta is 0: L_C leaves the objective, so the training steps never run the f-Net and
+    # its backward pass (L_C is still reported by `evaluate`)
+    global_term: bool = True
 
 
 def make_optimizer(optimizer: str, lr: float, momentum: float, batch_norm: bool) -> optax.GradientTransformation:
@@ -102,7 +105,7 @@ def losses(spec: StepSpec, params, x, center, fnet_vars, target):
     loss_r = jnp.mean(jnp.abs(x - recon), axis=(1, 2, 3))
     feat = spec.fnet_apply(fnet_vars, recon.astype(jnp.float32))
     loss_c = jnp.mean(jnp.abs(feat - center), axis=-1)
-    total = loss_r + target["weight"] * loss_c
+    total = loss_r + target["weight"] * loss_c if spec.global_term else loss_r
     if spec.local_apply is not None:
         total = total + target["spatial_weight"] * spatial_loss(spec, recon, fnet_vars, target)
     if spec.flaw_apply is not None:

@@ -92,6 +92,8 @@ def train_start(preset, trained, images: np.ndarray, steps: int = 300, batch_siz
     def loss_fn(p, x):
         recon = jax.vmap(lambda xi: unet.apply({"params": p}, xi[None])[0])(x)
         loss_r = jnp.mean(jnp.abs(x - recon), axis=(1, 2, 3))
+        if preset.fit.beta == 0:  # no L_C: the f-Net is not run
+            return jnp.mean(loss_r)
         loss_c = jnp.mean(jnp.abs(fnet_apply(fnet_vars, recon) - center), axis=-1)
         return jnp.mean(loss_r + weight * loss_c)
 
@@ -136,6 +138,8 @@ def train_reptile_start(preset, trained, images: np.ndarray, steps: int = 100, i
     def loss_one(p, xi):  # one image's objective, batch-1 BatchNorm statistics as in the engine
         recon = unet.apply({"params": p}, xi[None])
         loss_r = jnp.mean(jnp.abs(xi[None] - recon))
+        if preset.fit.beta == 0:  # no L_C: the f-Net is not run
+            return loss_r
         loss_c = jnp.mean(jnp.abs(fnet_apply(fnet_vars, recon) - center))
         return loss_r + weight * loss_c
 
