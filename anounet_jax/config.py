@@ -89,6 +89,10 @@ class StartConfig:
 @dataclasses.dataclass(frozen=True)
 class MapConfig:
     smoothing_sigma: float = 0.0  # Gaussian smoothing of every method's raw maps (pixels); 0 = none
+    # after smoothing, each map's departure from its own median (maps.deviation): "none" (the raw
+    # map, the original), "absolute" |m - median| or "relative" |m - median| / median. Both
+    # directions count: a patch that lost its detail is reconstructed *better* than its texture
+    deviation: str = "none"
     # image score from a smoothed map (maps.map_score): "max" (the original) or "top1" (the mean of
     # the map's top 1% of pixels: one hot pixel of noise counts less)
     image_score: str = "max"

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from anounet_jax.errors import AnoUnetError
 
-__all__ = ["residual_map", "smooth", "overlay", "overlay_scale", "panel", "save_panel", "write_panels"]
+__all__ = ["residual_map", "smooth", "smooth_map", "deviation", "finish", "overlay", "overlay_scale", "panel", "save_panel", "write_panels"]
 
 
 # ----------------------------------------------------------------------------- heatmaps
@@ -73,6 +73,64 @@ def smooth(maps, sigma: float) -> np.ndarray:
         return m.copy()
     sig = (s, s) if m.ndim == 2 else (0.0, s, s)
     return ndimage.gaussian_filter(m, sigma=sig, mode="reflect", output=np.float32)
+
+
+def smooth_map(heat, sigma: float) -> np.ndarray:
+    """`smooth` of one (H, W) map; NaN pixels (holes left by diverged tiles) are left out of their
+    neighbours' averages and stay NaN."""
+    heat = np.asarray(heat, np.float32)
+    nan = np.isnan(heat)
+    if not nan.any():
+        return smooth(heat, sigma)
+    num = smooth(np.where(nan, 0.0, heat), sigma)
+    den = smooth((~nan).astype(np.float32), sigma)
+    out = np.divide(num, den, out=np.full_like(num, np.nan), where=den > 1e-6)
+    out[nan] = np.nan
+    return out
+
+
+DEVIATIONS = ("none", "absolute", "relative")
+
+
+def deviation(maps, how: str = "none") -> np.ndarray:
+    """Each map's departure from its own typical value, in both directions, float32.
+
+    A reconstruction's error is roughly even over a normal texture; a defect departs from that level
+    either way: most defects are harder to reproduce (more error), but a patch that lost its detail
+    is *easier* (less error than the texture around it: the raw map is coldest exactly there). With
+    c the map's median (over its finite pixels; a defect is a small part of an image):
+    "none" returns the maps unchanged, "absolute" |m - c|, "relative" |m - c| / c (scale-free: a
+    normal image's map is about as hot whatever its texture's typical error). Per map, so a map does
+    not depend on the others of a batch. NaN pixels stay NaN. Accepts (N, H, W) or one (H, W) map.
+    """
+    m = np.asarray(maps, dtype=np.float32)
+    if how not in DEVIATIONS:
+        raise AnoUnetError(f"unknown map deviation {how!r}; use one of {', '.join(DEVIATIONS)}")
+    if m.ndim not in (2, 3):
+        raise AnoUnetError(f"maps must be (N, H, W) or (H, W), got {m.shape}")
+    if how == "none" or m.size == 0:
+        return m.copy()
+    flat = m.reshape(-1, m.shape[-2] * m.shape[-1])
+    finite = np.isfinite(flat)
+    c = np.full(len(flat), np.nan, np.float32)  # an all-NaN map (every tile diverged) stays all NaN
+    for i in np.flatnonzero(finite.any(1)):
+        c[i] = np.median(flat[i][finite[i]])
+    c = c.reshape((-1, 1, 1) if m.ndim == 3 else (1, 1)).astype(np.float32)
+    out = np.abs(m - c)
+    if how == "relative":
+        out = out / np.maximum(c, np.float32(1e-12))
+    return out.astype(np.float32)
+
+
+def finish(raw, cfg, sigma: float | None = None) -> np.ndarray:
+    """The map step every job runs on every method's raw maps (N, H, W) or (H, W): Gaussian smoothing
+    (`smooth`, cfg.smoothing_sigma unless `sigma` is given; one map: `smooth_map`, around NaN holes),
+    then `deviation` (cfg.deviation).
+    cfg: a config.MapConfig."""
+    s = cfg.smoothing_sigma if sigma is None else sigma
+    raw = np.asarray(raw, np.float32)
+    smoothed = smooth_map(raw, s) if raw.ndim == 2 else smooth(raw, s)
+    return deviation(smoothed, getattr(cfg, "deviation", "none"))
 
 
 # ----------------------------------------------------------------------------- pictures

@@ -4,7 +4,8 @@ many fit variants on it, every image score. For tuning (on "tuning" ONLY) and ab
     python benchmarks/tune_anounet.py --data tuning --variants VARIANTS.json [--preset small] [--out DIR]
 
 VARIANTS.json: {"name": {"fnet": {...FNetConfig fields}, "fit": {...FitConfig fields},
-"maps": {...}}, ...} applied to the preset (`Preset.replace`). Variants with equal f-Net settings
+"maps": {...}}, ...} applied to the preset (`Preset.replace`); the maps are finished as every job
+finishes them (`maps.finish`: smoothing, then the preset's map deviation). Variants with equal f-Net settings
 share one trained f-Net per family (trained with the same seed, so it is the same f-Net a full
 `anounet evaluate` would train). Results are resumable per (family, variant): OUT/<family>.json.
 
@@ -41,7 +42,7 @@ def run_family(source, preset, variants, seed, out_file, log):
     from anounet_jax.jobs.evaluate import _by_kind
     from anounet_jax.fnet.scores import LOFScorer
     from anounet_jax.fnet.train import train_fnet
-    from anounet_jax.maps import smooth
+    from anounet_jax.maps import finish
     from anounet_jax.metrics import image_auroc, map_metrics
 
     done = json.loads(out_file.read_text()) if out_file.is_file() else {}
@@ -86,7 +87,7 @@ def run_family(source, preset, variants, seed, out_file, log):
         eng = Engine.from_preset(p, trained.fnet, trained.center, trained.feature_scale, memory,
                                  trained.flaw_head, start_params=start)
         res = eng.fit(test.images, seed=seed)
-        maps = smooth(res.heatmap, p.maps.smoothing_sigma)
+        maps = finish(res.heatmap, p.maps)
         scores = image_scores(maps, fdist, lof, res.loss_c)
         m = map_metrics(maps, scores["max"], test.labels, test.masks)
         m["image_auroc"] = {k: image_auroc(s, test.labels) for k, s in scores.items()}

@@ -180,12 +180,13 @@ class _FakeEngine:
         return identity_fit(chunks, attenuate_edges=4, diverge=self.diverge)
 
 
-@pytest.mark.parametrize("scale", [1.0, 0.5])
-def test_fit_tiled_in_bands_writes_what_the_whole_image_path_wrote(tmp_path, scale):
+@pytest.mark.parametrize("scale,deviation", [(1.0, "none"), (0.5, "none"), (1.0, "relative")])
+def test_fit_tiled_in_bands_writes_what_the_whole_image_path_wrote(tmp_path, scale, deviation):
     from anounet_jax.config import TINY
+    from anounet_jax.maps import deviation as map_deviation
 
     model = ScoringModel.__new__(ScoringModel)  # only what fit_tiled uses: preset, tiles, engine, seed
-    model.preset, model.seed = TINY, 0
+    model.preset, model.seed = TINY.replace(maps={"deviation": deviation}), 0
     model.tiles = TileSpec(32, 0, scale)
     model._engine = _FakeEngine(6, diverge={0, 9, 40})
     rng = np.random.default_rng(5)
@@ -208,10 +209,14 @@ def test_fit_tiled_in_bands_writes_what_the_whole_image_path_wrote(tmp_path, sca
         b.sink.write(b.loss_r, b.loss_c, b.status)
         b.sink.close()
         _same_files(tmp_path / "old", tmp_path / "new", str(a.key), max(a.heatmap.shape) > 256)
-    if scale == 1.0:
+    if scale == 1.0 and deviation == "none":
         assert streams[0].max_accumulator_rows == 32  # one tile row, for a 130-row image
     else:
-        assert streams[0].bands is None  # scaled: the whole-image path (documented)
+        assert streams[0].bands is None  # scaled, or a deviation (the whole map's median): the whole-image path
+    if deviation != "none":  # each image's finished map is the deviation of its smoothed map
+        model.preset = TINY
+        for a, plain in zip(whole, model.fit_tiled(items(True))):
+            np.testing.assert_allclose(a.heatmap, map_deviation(plain.heatmap, deviation), rtol=1e-6)
 
 
 def test_score_job_maps_equal_the_whole_image_path(tmp_path, monkeypatch):

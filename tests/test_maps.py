@@ -1,6 +1,9 @@
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from anounet_jax.errors import AnoUnetError
 from anounet_jax.maps import overlay, panel, residual_map, save_panel, smooth
@@ -151,3 +154,48 @@ def test_map_score_top1_weighs_a_hot_region_over_one_hot_pixel():
     np.testing.assert_allclose(map_score(maps, "top1"), [0.25, 0.6])
     with pytest.raises(AnoUnetError, match="top1"):
         map_score(maps, "mean")
+
+
+def test_deviation_makes_a_patch_that_lost_its_detail_the_hottest_place():
+    """A reconstruction that cannot reproduce fine texture has its error spread over the texture and
+    none where the texture was smoothed away: the raw map is coldest on that defect, its deviation
+    hottest; a bright spot (more error) stays hot in both directions' map."""
+    from anounet_jax.config import MapConfig
+    from anounet_jax.maps import deviation, finish
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 48, 48, 3), dtype=np.float32)
+    patch = (slice(10, 22), slice(10, 22))
+    x[0][patch] = ndimage.uniform_filter(x[0], size=(9, 9, 1))[patch]  # detail lost
+    x[1, 30:36, 30:36] = 1.0  # a bright spot
+    recon = ndimage.uniform_filter(x, size=(1, 5, 5, 1))  # reproduces smooth things only
+    raw = residual_map(x, recon)
+    cfg = MapConfig(smoothing_sigma=2.0, deviation="relative")
+    plain, dev = smooth(raw, 2.0), finish(raw, cfg)
+    inside = np.zeros((48, 48), bool)
+    inside[12:20, 12:20] = True
+    assert plain[0][inside].max() < plain[0][~inside].mean()  # the raw map misses it: coldest there
+    assert dev[0][inside].min() > np.quantile(dev[0][~inside], 0.95)  # its deviation finds it
+    assert dev[1, 31:35, 31:35].min() > np.quantile(dev[1], 0.9)
+    # the definitions: |m - median(m)|, over the median for "relative"; per map, never across a batch
+    med = np.median(plain.reshape(2, -1), 1)[:, None, None]
+    np.testing.assert_allclose(deviation(plain, "absolute"), np.abs(plain - med), rtol=1e-6)
+    np.testing.assert_allclose(dev, np.abs(plain - med) / med, rtol=1e-5)
+    np.testing.assert_array_equal(finish(raw[1], cfg), dev[1])
+    np.testing.assert_array_equal(finish(raw, MapConfig(smoothing_sigma=2.0)), plain)  # "none": smoothing only
+
+
+def test_deviation_keeps_holes_and_rejects_unknown_names():
+    from anounet_jax.maps import deviation
+
+    m = np.random.default_rng(1).random((16, 16)).astype(np.float32)
+    m[:3] = np.nan
+    d = deviation(m, "relative")
+    assert np.isnan(d[:3]).all() and np.isfinite(d[3:]).all()
+    c = np.median(m[3:])
+    np.testing.assert_allclose(d[3:], np.abs(m[3:] - c) / c, rtol=1e-5)  # the median of the finite pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(deviation(np.full((4, 4), np.nan, np.float32), "absolute")).all()
+    with pytest.raises(AnoUnetError, match="unknown map deviation 'median'"):
+        deviation(m, "median")

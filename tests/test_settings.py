@@ -95,6 +95,7 @@ def test_malformed_and_name_rejected():
     ("fnet.method=svdd", ["fnet.method", "'doc'"]),
     ("data.category=wood", ["data.category", "'grass'"]),
     ("engine.formulation=fast", ["engine.formulation", "'vmap_conv'", "'measure'"]),
+    ("maps.deviation=median", ["maps.deviation", "'relative'", "'median'"]),
 ])
 def test_range_and_choice_checks(item, words):
     with pytest.raises(AnoUnetError) as e:
@@ -105,8 +106,9 @@ def test_range_and_choice_checks(item, words):
 
 def test_choice_fields_accept_their_values():
     p = apply_overrides(TINY, ["engine.formulation=loop", "fnet.method=doc", "unet.norm=none",
-                               "data.category=grass", "fit.momentum=0"])
+                               "data.category=grass", "fit.momentum=0", "maps.deviation=absolute"])
     assert (p.engine.formulation, p.fnet.method, p.unet.norm) == ("loop", "doc", "none")
+    assert p.maps.deviation == "absolute"
     assert p.data.category == "grass" and p.fit.momentum == 0.0
 
 

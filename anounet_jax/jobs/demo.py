@@ -28,7 +28,7 @@ from anounet_jax.engine.warm_start import check_start, with_warm_start
 from anounet_jax.errors import AnoUnetError
 from anounet_jax.fnet.train import train_fnet
 from anounet_jax.jobs.common import check_seed, prepare_out_dir
-from anounet_jax.maps import map_score, smooth, write_panels
+from anounet_jax.maps import finish, map_score, write_panels
 from anounet_jax.metrics import map_metrics
 
 
@@ -53,7 +53,7 @@ def run_demo(preset: Preset, out_dir, seed: int = 0, progress: bool = True, log=
     engine = Engine.for_trained(preset, trained)
     result = engine.fit(test.images, seed=seed, progress=progress)
     t3 = time.perf_counter()
-    maps = smooth(result.heatmap, preset.maps.smoothing_sigma)
+    maps = finish(result.heatmap, preset.maps)
     metrics = map_metrics(maps, map_score(maps, preset.maps.image_score), test.labels, test.masks)
     write_panels(out_dir, test.images, test.ids, {"heatmap": maps}, masks=test.masks, recon=result.recon)
     metrics.update(
@@ -79,7 +79,7 @@ def photo_demo(preset: Preset, engine, out_dir, seed: int, category: str, log=pr
 
     from anounet_jax.data.native import SMALL, full_photo
     from anounet_jax.data.tiling import TiledImage, TileSpec, fit_tiled, resize_image, resize_map
-    from anounet_jax.jobs.score.model import resolve_tiles, smooth_map
+    from anounet_jax.jobs.score.model import resolve_tiles
     from anounet_jax.maps import overlay
     from anounet_jax.metrics import aupro, pixel_auroc
 
@@ -97,7 +97,7 @@ def photo_demo(preset: Preset, engine, out_dir, seed: int, category: str, log=pr
     [s] = list(fit_tiled(lambda c: engine.iter_fit(c, seed), [TiledImage("photo", scaled, grid, 0)], chunk))
     if s.heatmap is None:
         raise AnoUnetError(f"every one of the photograph's {grid.n_tiles} tile fits diverged; lower fit.lr")
-    heat = resize_map(smooth_map(s.heatmap, preset.maps.smoothing_sigma), (h, w))
+    heat = resize_map(finish(s.heatmap, preset.maps), (h, w))
     fit_s = time.perf_counter() - t0
     finite = np.where(np.isfinite(heat), heat, np.float32(np.nanmax(heat)))
     keep = ~mask | small

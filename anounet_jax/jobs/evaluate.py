@@ -115,7 +115,8 @@ def markdown_table(metrics: dict) -> str:
             size = f"{s['image_size']}x{s['image_size']}"
         lines.append(f"data: {s['data']} ({s['n_train']} normal training {'tiles' if t else 'images'}; "
                      f"{s['n_test']} test images: {s['n_test_good']} good, {s['n_test_defect']} defective; "
-                     f"{size}), preset {s['preset']}, smoothing sigma {s['smoothing_sigma']}, seed {s['seed']}")
+                     f"{size}), preset {s['preset']}, smoothing sigma {s['smoothing_sigma']}, "
+                     f"map deviation {s.get('deviation', 'none')}, seed {s['seed']}")
         lines.append("")
     lines += ["| method | image AUROC | image AUROC (map max) | pixel AUROC | AUPRO | seconds | images |",
               "|---|---|---|---|---|---|---|"]
@@ -179,7 +180,7 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
     from anounet_jax.fnet.train import describe, train_fnet
     from anounet_jax.jobs.common import prepare_out_dir
     from anounet_jax.jobs.evaluate_report import plot_curves, write_evaluation_record, write_single_report
-    from anounet_jax.maps import map_score, smooth, write_panels
+    from anounet_jax.maps import finish, map_score, write_panels
     from anounet_jax.metrics import image_auroc, map_metrics
 
     t_start = time.perf_counter()
@@ -256,11 +257,11 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
             info.update(out.info)
             raw = _finite_or_inf(out.heatmap)
             diverged = np.asarray(out.diverged) | ~np.isfinite(raw).reshape(len(raw), -1).all(1)
-            maps = smooth(raw, sigma)
+            maps = finish(raw, preset.maps, sigma)
             score = map_score(maps, preset.maps.image_score) if out.score is None else _finite_or_inf(out.score)
             fnet_score = out.fnet_score
         else:
-            res = tiled.tiled_maps(method.prepare(inputs), test, spec, sigma, preset.maps.image_score)
+            res = tiled.tiled_maps(method.prepare(inputs), test, spec, sigma, preset.maps)
             maps, diverged, fnet_score = res.maps, res.diverged, res.fnet_scores
             info.update(res.info)
             score = _finite_or_inf(res.scores)
@@ -302,6 +303,7 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
         "image_size": preset.image_size,
         "tiling": tiling,
         "smoothing_sigma": sigma,
+        "deviation": preset.maps.deviation,
         "seed": seed,
         "n_train": len(train),
         "n_reference": n_reference,

@@ -300,7 +300,8 @@ def _settings_line(s: dict) -> str:
         parts.append(f"{len(s['categories'])} categories")
     parts.append(f"preset {s.get('preset')}" + (f" ({s['image_size']}x{s['image_size']})"
                                                  if s.get("image_size") else ""))
-    parts.append(f"smoothing sigma {s.get('smoothing_sigma')}, seed {s.get('seed')}")
+    parts.append(f"smoothing sigma {s.get('smoothing_sigma')}, map deviation {s.get('deviation', 'none')}, "
+                 f"seed {s.get('seed')}")
     return "<p>" + H.esc("; ".join(parts)) + "</p>"
 
 

@@ -144,14 +144,14 @@ class TiledMaps(NamedTuple):
     fnet_scores: np.ndarray | None  # (N,) max over the image's tiles of the f-Net's tile distance, or None
 
 
-def tiled_maps(maps_fn, test: ImageSet, spec: TileSpec, sigma: float, image_score: str) -> TiledMaps:
+def tiled_maps(maps_fn, test: ImageSet, spec: TileSpec, sigma: float, maps_cfg) -> TiledMaps:
     """Every test image cut into tiles, mapped by `maps_fn(tiles, first_index, positions)` (a
-    `Method.prepare` result) in groups of about GROUP_TILES tiles, stitched, smoothed and brought to the
+    `Method.prepare` result) in groups of about GROUP_TILES tiles, stitched, finished (`maps.finish`: smoothed with
+    `sigma`, the deviation of maps_cfg, a config.MapConfig) and brought to the
     native size. Image score: the method's own score as the max over the image's tiles, else the
-    preset's map score (`map_score(.., image_score)`) of the stitched smoothed map. The f-Net score
+    preset's map score (`map_score(.., maps_cfg.image_score)`) of the stitched finished map. The f-Net score
     (methods that give one) is the max over the image's tiles of each tile's distance to its C."""
-    from anounet_jax.jobs.score.model import smooth_map
-    from anounet_jax.maps import map_score
+    from anounet_jax.maps import finish, map_score
 
     n = len(test)
     hw = test.images.shape[1:3]
@@ -177,7 +177,7 @@ def tiled_maps(maps_fn, test: ImageSet, spec: TileSpec, sigma: float, image_scor
             sl = slice(j * per, (j + 1) * per)
             raw = stitch(heat[sl], grid, valid=~bad[sl])
             diverged[i] = bool(bad[sl].any())
-            m = resize_map(smooth_map(raw, sigma), hw)
+            m = resize_map(finish(raw, maps_cfg, sigma), hw)
             maps[i] = np.where(np.isnan(m), np.float32(np.inf), m)
             if out.score is not None:
                 s = np.asarray(out.score, np.float32)[sl]
@@ -188,5 +188,5 @@ def tiled_maps(maps_fn, test: ImageSet, spec: TileSpec, sigma: float, image_scor
     if all(s is not None for s in own):
         scores[:] = own
     else:
-        scores = map_score(maps, image_score).astype(np.float32)
+        scores = map_score(maps, maps_cfg.image_score).astype(np.float32)
     return TiledMaps(maps, scores, diverged, info, per, fnet_scores if has_fnet else None)

@@ -153,7 +153,7 @@ def run_experiment(preset: Preset, train: ImageSet, reference: ImageSet | None, 
     from anounet_jax.fnet.train import feature_scale
     from anounet_jax.fnet.scores import DistanceScorer, LOFScorer
     from anounet_jax.jobs.common import check_seed, prepare_out_dir
-    from anounet_jax.maps import smooth, write_panels
+    from anounet_jax.maps import finish, write_panels
     from anounet_jax.metrics import image_auroc, map_metrics
 
     if panels not in PANEL_CHOICES:
@@ -197,7 +197,7 @@ def run_experiment(preset: Preset, train: ImageSet, reference: ImageSet | None, 
     t2 = time.perf_counter()
 
     ok = ~result.diverged
-    maps = smooth(result.heatmap, preset.maps.smoothing_sigma)
+    maps = finish(result.heatmap, preset.maps)
     heat_scores = maps.reshape(len(maps), -1).max(1)
     fit_loss = result.loss_r + fit.beta * result.loss_c / engine.feature_scale
     n_div = int(result.diverged.sum())

@@ -40,6 +40,7 @@ import numpy as np
 from anounet_jax.config import Preset, get_preset
 from anounet_jax.data.tiling import TiledImage, TileSpec, float_pixels, resize_image, resize_map
 from anounet_jax.errors import AnoUnetError
+from anounet_jax.maps import finish, smooth_map
 
 VISUALIZE = ("all", "flagged", "none")
 STATUS_OK, STATUS_NOT_VISUALIZED, STATUS_DIVERGED = "ok", "not visualized", "diverged"
@@ -219,7 +220,6 @@ class ScoringModel:
         """Score every image; fit maps for all / the flagged / none of them at the preset's size (the
         resize path; `fit_tiled` is the tiled one)."""
         from anounet_jax.engine.fit import FitResult
-        from anounet_jax.maps import smooth
 
         outcome = self.score(images, visualize)
         fitted = outcome.fitted
@@ -227,7 +227,7 @@ class ScoringModel:
             idx = np.asarray(indices)[fitted]
             parts = [r for _, r in self.engine.iter_fit([(idx, images[fitted])], self.seed)]
             fit = FitResult.concatenate(parts)
-            fit.heatmap = smooth(fit.heatmap, self.preset.maps.smoothing_sigma)
+            fit.heatmap = finish(fit.heatmap, self.preset.maps)
             outcome.fit = fit
         return outcome
 
@@ -259,7 +259,8 @@ class ScoringModel:
 
         t = self.tiles.tile
         chunk = self.engine.chunk_size_for((t, t, 3))
-        banded = bands is not None and self.tiles.scale == 1.0
+        # a map's deviation needs its median over the whole image: such maps are written as one band
+        banded = bands is not None and self.tiles.scale == 1.0 and self.preset.maps.deviation == "none"
         sigma = self.preset.maps.smoothing_sigma
         make = (lambda item: BandSmoother(item.grid.height, sigma, bands(item))) if banded else None
         stream = TileStream(items, chunk, recon=True, bands=make)
@@ -295,7 +296,7 @@ class ScoringModel:
             status = STATUS_DIVERGED
         else:
             if s.sink is None:  # whole-image stitching (banded: the sink smoothed the rows)
-                heat = resize_map(smooth_map(s.heatmap, self.preset.maps.smoothing_sigma), (h, w))
+                heat = resize_map(finish(s.heatmap, self.preset.maps), (h, w))
                 recon = resize_map(s.recon, (h, w))
             status = STATUS_OK
             if s.diverged:
@@ -370,19 +371,6 @@ class BandSmoother:
             raise AssertionError(f"{self.done} of {self.height} rows smoothed")
 
 
-def smooth_map(heat: np.ndarray, sigma: float) -> np.ndarray:
-    """maps.smooth of one (H, W) map; NaN pixels (holes left by diverged tiles) are left out of their
-    neighbours' averages and stay NaN."""
-    from anounet_jax.maps import smooth
-
-    nan = np.isnan(heat)
-    if not nan.any():
-        return smooth(heat, sigma)
-    num = smooth(np.where(nan, 0.0, heat), sigma)
-    den = smooth((~nan).astype(np.float32), sigma)
-    out = np.divide(num, den, out=np.full_like(num, np.nan), where=den > 1e-6)
-    out[nan] = np.nan
-    return out
 
 
 # ---------------------------------------------------------------------------------------- sources
