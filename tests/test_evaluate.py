@@ -126,10 +126,12 @@ def test_every_synthetic_family_loads_as_an_evaluation_set():
 def test_cli_evaluates_a_synthetic_family_and_records_its_settings(tmp_path, capsys):
     out = tmp_path / "weave"
     argv = ["evaluate", "synthetic:weave", "--preset", "tiny", "--methods", "autoencoder", "--out", str(out),
-            "--set", "data.n_train=16", "--set", "data.n_test_defect=4", "--quiet"]
+            "--set", "data.n_train=16", "--set", "data.n_test_defect=4", "--set", "maps.deviation=relative",
+            "--quiet"]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["data"] == "synthetic weave" and metrics["settings"]["n_train"] == 16
+    assert metrics["settings"]["deviation"] == "relative" and "map deviation relative" in (out / "metrics.md").read_text()
     assert set(metrics["autoencoder"]["by_kind"]) <= {"dark_spot", "bright_spot", "scratch", "orientation",
                                                       "missing_detail", "extra_detail", "colour_shift",
                                                       "foreign_patch"}
@@ -137,6 +139,7 @@ def test_cli_evaluates_a_synthetic_family_and_records_its_settings(tmp_path, cap
 
     again = preset_from_record(out / "config.json")  # the run's settings, ready to run again
     assert again.data.n_train == 16 and again.data.n_test_defect == 4 and again.name == "tiny"
+    assert again.maps.deviation == "relative"
 
 
 def test_a_warm_preset_trains_its_start_once_and_every_ano_unet_fit_begins_there(mvtec_dir, tmp_path, monkeypatch):
