@@ -17,7 +17,8 @@ from scipy import ndimage
 
 from anounet_jax.errors import AnoUnetError
 
-__all__ = ["residual_map", "smooth", "smooth_map", "deviation", "finish", "overlay", "overlay_scale", "panel", "save_panel", "write_panels"]
+__all__ = ["residual_map", "smooth", "smooth_map", "deviation", "finish", "overlay", "overlay_scale", "panel",
+           "save_panel", "write_panels"]
 
 
 # ----------------------------------------------------------------------------- heatmaps
@@ -92,7 +93,7 @@ def smooth_map(heat, sigma: float) -> np.ndarray:
 DEVIATIONS = ("none", "absolute", "relative")
 
 
-def deviation(maps, how: str = "none") -> np.ndarray:
+def deviation(maps, how: str = "none", center=None) -> np.ndarray:
     """Each map's departure from its own typical value, in both directions, float32.
 
     A reconstruction's error is roughly even over a normal texture; a defect departs from that level
@@ -102,6 +103,7 @@ def deviation(maps, how: str = "none") -> np.ndarray:
     "none" returns the maps unchanged, "absolute" |m - c|, "relative" |m - c| / c (scale-free: a
     normal image's map is about as hot whatever its texture's typical error). Per map, so a map does
     not depend on the others of a batch. NaN pixels stay NaN. Accepts (N, H, W) or one (H, W) map.
+    center: c given (one float per map; e.g. of a map that arrives in bands, score/job.py), not computed.
     """
     m = np.asarray(maps, dtype=np.float32)
     if how not in DEVIATIONS:
@@ -110,12 +112,13 @@ def deviation(maps, how: str = "none") -> np.ndarray:
         raise AnoUnetError(f"maps must be (N, H, W) or (H, W), got {m.shape}")
     if how == "none" or m.size == 0:
         return m.copy()
-    flat = m.reshape(-1, m.shape[-2] * m.shape[-1])
-    finite = np.isfinite(flat)
-    c = np.full(len(flat), np.nan, np.float32)  # an all-NaN map (every tile diverged) stays all NaN
-    for i in np.flatnonzero(finite.any(1)):
-        c[i] = np.median(flat[i][finite[i]])
-    c = c.reshape((-1, 1, 1) if m.ndim == 3 else (1, 1)).astype(np.float32)
+    if center is None:
+        flat = m.reshape(-1, m.shape[-2] * m.shape[-1])
+        finite = np.isfinite(flat)
+        center = np.full(len(flat), np.nan, np.float32)  # an all-NaN map (every tile diverged) stays NaN
+        for i in np.flatnonzero(finite.any(1)):
+            center[i] = np.median(flat[i][finite[i]])
+    c = np.asarray(center, np.float32).reshape((-1, 1, 1) if m.ndim == 3 else (1, 1))
     out = np.abs(m - c)
     if how == "relative":
         out = out / np.maximum(c, np.float32(1e-12))

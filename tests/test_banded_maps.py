@@ -180,7 +180,7 @@ class _FakeEngine:
         return identity_fit(chunks, attenuate_edges=4, diverge=self.diverge)
 
 
-@pytest.mark.parametrize("scale,deviation", [(1.0, "none"), (0.5, "none"), (1.0, "relative")])
+@pytest.mark.parametrize("scale,deviation", [(1.0, "none"), (0.5, "none"), (1.0, "relative"), (0.5, "absolute")])
 def test_fit_tiled_in_bands_writes_what_the_whole_image_path_wrote(tmp_path, scale, deviation):
     from anounet_jax.config import TINY
     from anounet_jax.maps import deviation as map_deviation
@@ -200,7 +200,7 @@ def test_fit_tiled_in_bands_writes_what_the_whole_image_path_wrote(tmp_path, sca
     whole = list(model.fit_tiled(items(True)))
     streams = []
     banded = list(model.fit_tiled(items(False), bands=lambda item: _MapWriter(tmp_path / "new", str(item.key),
-                                                                               item.payload),
+                                                                               item.payload, deviation),
                                   stream_out=streams))
     assert "diverged: " in whole[0].status
     for a, b in zip(whole, banded):
@@ -209,11 +209,11 @@ def test_fit_tiled_in_bands_writes_what_the_whole_image_path_wrote(tmp_path, sca
         b.sink.write(b.loss_r, b.loss_c, b.status)
         b.sink.close()
         _same_files(tmp_path / "old", tmp_path / "new", str(a.key), max(a.heatmap.shape) > 256)
-    if scale == 1.0 and deviation == "none":
+    if scale == 1.0:  # a deviation too: the writer finds the median in two passes over the spilled bands
         assert streams[0].max_accumulator_rows == 32  # one tile row, for a 130-row image
     else:
-        assert streams[0].bands is None  # scaled, or a deviation (the whole map's median): the whole-image path
-    if deviation != "none":  # each image's finished map is the deviation of its smoothed map
+        assert streams[0].bands is None  # scaled: the whole-image path (documented)
+    if deviation != "none" and scale == 1.0:  # each finished map is the deviation of its smoothed map
         model.preset = TINY
         for a, plain in zip(whole, model.fit_tiled(items(True))):
             np.testing.assert_allclose(a.heatmap, map_deviation(plain.heatmap, deviation), rtol=1e-6)
@@ -289,3 +289,24 @@ def test_malloc_bound_is_opt_in_for_thresholds_and_leaves_user_settings_alone(mo
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert bound_malloc(low_memory=False) is True
+
+
+@pytest.mark.parametrize("h,w,kind", [(37, 50, "uniform"), (40, 50, "spiky"), (9, 8, "constant"), (64, 33, "holes")])
+def test_map_writer_median_is_np_median_of_the_finite_values(tmp_path, h, w, kind):
+    """The banded writer's median (two passes over its spilled bands) is exactly np.median's: odd and
+    even counts, values piled into one histogram bin, a constant map, NaN holes."""
+    rng = np.random.default_rng(h * w)
+    heat = rng.random((h, w), dtype=np.float32)
+    if kind == "spiky":  # nearly all values within 1e-7 of each other, a few far away
+        heat = np.float32(0.5) + np.float32(1e-7) * heat
+        heat[0, :3] = [0.0, 10.0, 1e-3]
+    elif kind == "constant":
+        heat[:] = 0.25
+    elif kind == "holes":
+        heat[5:20, 3:9] = np.nan
+    sink = _MapWriter(tmp_path, "x", np.zeros((h, w, 3), np.uint8), "relative")
+    for y in range(0, h, 7):
+        sink.heat(y, heat[y:y + 7])
+    finite = heat[np.isfinite(heat)]
+    assert sink._median() == float(np.median(finite))
+    sink.close()

@@ -450,16 +450,17 @@ class _MapWriter:
     (`_overlay`, `_thumbnail`, `atomic_write_npz`) with a few bands in memory; the pixels are
     converted to float one band at a time (`float_pixels`)."""
 
-    def __init__(self, out: Path, fid: str, pixels: np.ndarray):
+    def __init__(self, out: Path, fid: str, pixels: np.ndarray, deviation: str = "none"):
         import tempfile
 
-        self.out, self.fid, self.pixels = out, fid, pixels
+        self.out, self.fid, self.pixels, self.deviation = out, fid, pixels, deviation
         self.h, self.w = pixels.shape[:2]
         out.mkdir(parents=True, exist_ok=True)
         self._heat = tempfile.TemporaryFile(dir=out, prefix=".heat-")
         self._recon = tempfile.TemporaryFile(dir=out, prefix=".recon-")
         self.heat_rows = self.recon_rows = 0
         self.lo, self.hi, self.finite = np.inf, -np.inf, False
+        self.n_finite = 0
         self.seconds = 0.0
 
     def recon(self, y0: int, rows: np.ndarray) -> None:
@@ -476,6 +477,7 @@ class _MapWriter:
         vals = rows[np.isfinite(rows)]
         if vals.size:
             self.lo, self.hi, self.finite = min(self.lo, float(vals.min())), max(self.hi, float(vals.max())), True
+            self.n_finite += vals.size
         self._heat.write(rows.tobytes())
         self.heat_rows += len(rows)
         self.seconds += time.perf_counter() - t0
@@ -488,13 +490,56 @@ class _MapWriter:
             n = min(rows, self.h - y)
             yield y, np.frombuffer(f.read(n * per_row), dtype).reshape(n, *shape)
 
+    def _median(self) -> float:
+        """The exact median of the spilled map's finite values (np.median's), from two passes over its
+        bands: a histogram finds the values' interval that holds the middle order statistics, then
+        only the values in it are kept and sorted."""
+        n, lo, hi = self.n_finite, np.float32(self.lo), np.float32(self.hi)
+        k1, k2 = (n - 1) // 2, n // 2
+        if lo == hi:
+            return float(lo)
+        edges = np.linspace(lo, hi, 4097, dtype=np.float64)
+        counts = np.zeros(4096, np.int64)
+        for _, band in self._bands(self._heat, np.float32, (self.w,)):
+            v = band[np.isfinite(band)]
+            counts += np.histogram(v, bins=edges)[0]
+        cum = np.cumsum(counts)
+        b1, b2 = int(np.searchsorted(cum, k1 + 1)), int(np.searchsorted(cum, k2 + 1))
+        a, b = edges[max(b1 - 1, 0)], edges[min(b2 + 2, 4096)]  # a bin of slack either side
+        below, kept = 0, []
+        for _, band in self._bands(self._heat, np.float32, (self.w,)):
+            v = band[np.isfinite(band)]
+            below += int(np.count_nonzero(v < a))
+            kept.append(v[(v >= a) & (v <= b)])
+        kept = np.sort(np.concatenate(kept))
+        if not (below <= k1 and k2 - below < len(kept)):  # (cannot happen; exact either way)
+            kept, below = np.sort(np.concatenate([b[np.isfinite(b)] for _, b in
+                                                  self._bands(self._heat, np.float32, (self.w,))])), 0
+        return float(np.median(kept[[k1 - below, k2 - below]]))
+
+    def _heat_bands(self):
+        """The map's bands as written: the smoothed rows, or their deviation from the map's median."""
+        from anounet_jax.maps import deviation
+
+        if self.deviation == "none" or not self.finite:
+            yield from self._bands(self._heat, np.float32, (self.w,))
+            return
+        c = self._center
+        for y, band in self._bands(self._heat, np.float32, (self.w,)):
+            yield y, deviation(band, self.deviation, center=c)
+
     def _overlay_rows(self, size, thumb_parts):
         from anounet_jax.data.tiling import float_pixels
-        from anounet_jax.maps import overlay
+        from anounet_jax.maps import deviation, overlay
 
-        vmax = self.hi if self.finite else 1.0
-        vmin = min(0.0, self.lo) if self.finite else 0.0
-        for y, heat in self._bands(self._heat, np.float32, (self.w,)):
+        lo, hi = self.lo, self.hi
+        if self.deviation != "none" and self.finite:  # |m - c| is largest at an end of m's range
+            self._center = self._median()
+            ends = deviation(np.array([[lo, hi]], np.float32), self.deviation, center=self._center)
+            lo, hi = 0.0, float(ends.max())
+        vmax = hi if self.finite else 1.0
+        vmin = min(0.0, lo) if self.finite else 0.0
+        for y, heat in self._heat_bands():
             rgb = overlay(float_pixels(self.pixels[y:y + len(heat)]), heat, vmin, vmax)
             if size is not None:
                 thumb_parts.append(_thumb_rows(rgb, size))
@@ -535,7 +580,7 @@ class _MapWriter:
 
         def npz(f):
             with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
-                self._npz_entry(zf, "heatmap", self._bands(self._heat, np.float32, (self.w,)), hw, np.float16)
+                self._npz_entry(zf, "heatmap", self._heat_bands(), hw, np.float16)
                 self._npz_entry(zf, "recon", self._bands(self._recon, np.float16, (self.w, 3)), (*hw, 3),
                                 np.float16)
                 write_npz_entry(zf, "losses", np.array([loss_r, loss_c], np.float32))
@@ -598,7 +643,7 @@ def _fit_tiled(out: Path, model: ScoringModel, ids, natives, offsets, chunk, out
             bar.set_postfix_str(f"{tiles[0]} tiles", refresh=False)
 
     def writer(item):
-        return _MapWriter(out, ids[item.key[1]], item.payload)
+        return _MapWriter(out, ids[item.key[1]], item.payload, model.preset.maps.deviation)
 
     for m in model.fit_tiled(items(), on_tiles, bands=writer):
         j, pos = m.key

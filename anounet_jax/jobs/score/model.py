@@ -259,8 +259,7 @@ class ScoringModel:
 
         t = self.tiles.tile
         chunk = self.engine.chunk_size_for((t, t, 3))
-        # a map's deviation needs its median over the whole image: such maps are written as one band
-        banded = bands is not None and self.tiles.scale == 1.0 and self.preset.maps.deviation == "none"
+        banded = bands is not None and self.tiles.scale == 1.0
         sigma = self.preset.maps.smoothing_sigma
         make = (lambda item: BandSmoother(item.grid.height, sigma, bands(item))) if banded else None
         stream = TileStream(items, chunk, recon=True, bands=make)
@@ -281,6 +280,7 @@ class ScoringModel:
                 maps.sink = s.sink.out
             elif bands is not None:  # scaled: the whole maps as one band
                 maps.sink = bands(s.item)
+                maps.sink.deviation = "none"  # the whole map was finished (maps.finish) already
                 if maps.heatmap is not None:
                     maps.sink.recon(0, maps.recon)
                     maps.sink.heat(0, maps.heatmap)
@@ -369,8 +369,6 @@ class BandSmoother:
     def close(self) -> None:
         if self.done != self.height:
             raise AssertionError(f"{self.done} of {self.height} rows smoothed")
-
-
 
 
 # ---------------------------------------------------------------------------------------- sources
