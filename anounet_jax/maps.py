@@ -101,7 +101,8 @@ def deviation(maps, how: str = "none", center=None) -> np.ndarray:
     is *easier* (less error than the texture around it: the raw map is coldest exactly there). With
     c the map's median (over its finite pixels; a defect is a small part of an image):
     "none" returns the maps unchanged, "absolute" |m - c|, "relative" |m - c| / c (scale-free: a
-    normal image's map is about as hot whatever its texture's typical error). Per map, so a map does
+    normal image's map is about as hot whatever its texture's typical error; for objects on a flat
+    background, where most of a map is near 0, c is too and "absolute" is the one). Per map, so a map does
     not depend on the others of a batch. NaN pixels stay NaN. Accepts (N, H, W) or one (H, W) map.
     center: c given (one float per map; e.g. of a map that arrives in bands, score/job.py), not computed.
     """
