@@ -7,6 +7,11 @@ import pytest
 
 # the CLI keeps compiled programs in ~/.cache; tests stay hermetic (test_compile_cache.py tests it)
 os.environ.setdefault("ANOUNET_CACHE_DIR", "off")
+# Start JAX now, with its default devices: otherwise the first in-process `anounet ...` of a test
+# worker splits the CPU into one device per core for every later test in that worker, and tests that
+# count on one device (chunk sizes, shard shapes) pass or fail with pytest-xdist's file assignment.
+# Several devices are tested in subprocesses (test_sharding.py, test_distributed.py).
+jax.devices()
 
 from anounet_jax.config import TINY
 from anounet_jax.data.embedded import load_embedded
