@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -490,6 +491,11 @@ class _MapWriter:
             n = min(rows, self.h - y)
             yield y, np.frombuffer(f.read(n * per_row), dtype).reshape(n, *shape)
 
+    @functools.cached_property
+    def _center(self) -> float:
+        """The deviation's centre, once per image (the overlay's range and both writes read it)."""
+        return self._median()
+
     def _median(self) -> float:
         """The exact median of the spilled map's finite values (np.median's), from two passes over its
         bands: a histogram finds the values' interval that holds the middle order statistics, then
@@ -534,7 +540,6 @@ class _MapWriter:
 
         lo, hi = self.lo, self.hi
         if self.deviation != "none" and self.finite:  # |m - c| is largest at an end of m's range
-            self._center = self._median()
             ends = deviation(np.array([[lo, hi]], np.float32), self.deviation, center=self._center)
             lo, hi = 0.0, float(ends.max())
         vmax = hi if self.finite else 1.0
