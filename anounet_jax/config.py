@@ -93,6 +93,9 @@ class MapConfig:
     # map, the original), "absolute" |m - median| or "relative" |m - median| / median. Both
     # directions count: a patch that lost its detail is reconstructed *better* than its texture
     deviation: str = "none"
+    # the weight of the deviation's low side (below the median): 1 counts both sides alike; below 1
+    # a smooth normal region reproduced better than its surroundings (mortar) counts less
+    deviation_low: float = 1.0
     # image score from a smoothed map (maps.map_score): "max" (the original) or "top1" (the mean of
     # the map's top 1% of pixels: one hot pixel of noise counts less)
     image_score: str = "max"

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from anounet_jax.errors import AnoUnetError
 
-__all__ = ["residual_map", "smooth", "smooth_map", "deviation", "finish", "overlay", "overlay_scale", "panel",
+__all__ = ["residual_map", "smooth", "smooth_map", "deviation", "describe_deviation", "finish", "overlay", "overlay_scale", "panel",
            "save_panel", "write_panels"]
 
 
@@ -93,7 +93,7 @@ def smooth_map(heat, sigma: float) -> np.ndarray:
 DEVIATIONS = ("none", "absolute", "relative")
 
 
-def deviation(maps, how: str = "none", center=None) -> np.ndarray:
+def deviation(maps, how: str = "none", center=None, low: float = 1.0) -> np.ndarray:
     """Each map's departure from its own typical value, in both directions, float32.
 
     A reconstruction's error is roughly even over a normal texture; a defect departs from that level
@@ -105,12 +105,17 @@ def deviation(maps, how: str = "none", center=None) -> np.ndarray:
     background, where most of a map is near 0, c is too and "absolute" is the one). Per map, so a map does
     not depend on the others of a batch. NaN pixels stay NaN. Accepts (N, H, W) or one (H, W) map.
     center: c given (one float per map; e.g. of a map that arrives in bands, score/job.py), not computed.
+    low: the weight of the low side, max(m - c, 0) + low * max(c - m, 0) (1: |m - c|). A smooth normal
+    region (a brick's mortar) is also reproduced better than its surroundings; a weight below 1 lets
+    the missing-detail side count without making every such region as hot as a defect.
     """
     m = np.asarray(maps, dtype=np.float32)
     if how not in DEVIATIONS:
         raise AnoUnetError(f"unknown map deviation {how!r}; use one of {', '.join(DEVIATIONS)}")
     if m.ndim not in (2, 3):
         raise AnoUnetError(f"maps must be (N, H, W) or (H, W), got {m.shape}")
+    if not float(low) >= 0.0:  # also catches NaN
+        raise AnoUnetError(f"the deviation's low-side weight must be >= 0, got {low!r}")
     if how == "none" or m.size == 0:
         return m.copy()
     if center is None:
@@ -120,21 +125,27 @@ def deviation(maps, how: str = "none", center=None) -> np.ndarray:
         for i in np.flatnonzero(finite.any(1)):
             center[i] = np.median(flat[i][finite[i]])
     c = np.asarray(center, np.float32).reshape((-1, 1, 1) if m.ndim == 3 else (1, 1))
-    out = np.abs(m - c)
+    d = m - c
+    out = np.abs(d) if low == 1.0 else np.maximum(d, 0) + np.float32(low) * np.maximum(-d, 0)
     if how == "relative":
         out = out / np.maximum(c, np.float32(1e-12))
     return out.astype(np.float32)
 
 
+def describe_deviation(how: str, low: float = 1.0) -> str:
+    """How a report names a map deviation: "none", "relative", "absolute (low side x 0.5)"."""
+    return how if how == "none" or float(low) == 1.0 else f"{how} (low side x {float(low):g})"
+
+
 def finish(raw, cfg, sigma: float | None = None) -> np.ndarray:
     """The map step every job runs on every method's raw maps (N, H, W) or (H, W): Gaussian smoothing
     (`smooth`, cfg.smoothing_sigma unless `sigma` is given; one map: `smooth_map`, around NaN holes),
-    then `deviation` (cfg.deviation).
+    then `deviation` (cfg.deviation, low side weighted by cfg.deviation_low).
     cfg: a config.MapConfig."""
     s = cfg.smoothing_sigma if sigma is None else sigma
     raw = np.asarray(raw, np.float32)
     smoothed = smooth_map(raw, s) if raw.ndim == 2 else smooth(raw, s)
-    return deviation(smoothed, getattr(cfg, "deviation", "none"))
+    return deviation(smoothed, getattr(cfg, "deviation", "none"), low=getattr(cfg, "deviation_low", 1.0))
 
 
 # ----------------------------------------------------------------------------- pictures

@@ -46,6 +46,7 @@ RULES: dict[str, tuple] = {
     "data.category": ("brick", "grass", "gravel"), "data.n_train": POSITIVE, "data.n_reference_per_class": POSITIVE,
     "data.n_test_good": NON_NEGATIVE, "data.n_test_defect": POSITIVE,
     "maps.smoothing_sigma": NON_NEGATIVE, "maps.image_score": ("max", "top1"), "maps.deviation": ("none", "absolute", "relative"),
+    "maps.deviation_low": NON_NEGATIVE,
     "engine.chunk_size": POSITIVE,
     "engine.formulation": FORMULATION_CHOICES,
     "tiles.tile": NON_NEGATIVE, "tiles.stride": NON_NEGATIVE, "tiles.scale": POSITIVE,

@@ -180,13 +180,14 @@ class _FakeEngine:
         return identity_fit(chunks, attenuate_edges=4, diverge=self.diverge)
 
 
-@pytest.mark.parametrize("scale,deviation", [(1.0, "none"), (0.5, "none"), (1.0, "relative"), (0.5, "absolute")])
-def test_fit_tiled_in_bands_writes_what_the_whole_image_path_wrote(tmp_path, scale, deviation):
+@pytest.mark.parametrize("scale,deviation,low", [(1.0, "none", 1.0), (0.5, "none", 1.0), (1.0, "relative", 1.0),
+                                                 (0.5, "absolute", 1.0), (1.0, "absolute", 0.5)])
+def test_fit_tiled_in_bands_writes_what_the_whole_image_path_wrote(tmp_path, scale, deviation, low):
     from anounet_jax.config import TINY
     from anounet_jax.maps import deviation as map_deviation
 
     model = ScoringModel.__new__(ScoringModel)  # only what fit_tiled uses: preset, tiles, engine, seed
-    model.preset, model.seed = TINY.replace(maps={"deviation": deviation}), 0
+    model.preset, model.seed = TINY.replace(maps={"deviation": deviation, "deviation_low": low}), 0
     model.tiles = TileSpec(32, 0, scale)
     model._engine = _FakeEngine(6, diverge={0, 9, 40})
     rng = np.random.default_rng(5)
@@ -200,7 +201,7 @@ def test_fit_tiled_in_bands_writes_what_the_whole_image_path_wrote(tmp_path, sca
     whole = list(model.fit_tiled(items(True)))
     streams = []
     banded = list(model.fit_tiled(items(False), bands=lambda item: _MapWriter(tmp_path / "new", str(item.key),
-                                                                               item.payload, deviation),
+                                                                               item.payload, deviation, low),
                                   stream_out=streams))
     assert "diverged: " in whole[0].status
     for a, b in zip(whole, banded):
@@ -216,7 +217,7 @@ def test_fit_tiled_in_bands_writes_what_the_whole_image_path_wrote(tmp_path, sca
     if deviation != "none" and scale == 1.0:  # each finished map is the deviation of its smoothed map
         model.preset = TINY
         for a, plain in zip(whole, model.fit_tiled(items(True))):
-            np.testing.assert_allclose(a.heatmap, map_deviation(plain.heatmap, deviation), rtol=1e-6)
+            np.testing.assert_allclose(a.heatmap, map_deviation(plain.heatmap, deviation, low=low), rtol=1e-6)
 
 
 def test_score_job_maps_equal_the_whole_image_path(tmp_path, monkeypatch):

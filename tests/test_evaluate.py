@@ -127,11 +127,12 @@ def test_cli_evaluates_a_synthetic_family_and_records_its_settings(tmp_path, cap
     out = tmp_path / "weave"
     argv = ["evaluate", "synthetic:weave", "--preset", "tiny", "--methods", "autoencoder", "--out", str(out),
             "--set", "data.n_train=16", "--set", "data.n_test_defect=4", "--set", "maps.deviation=relative",
-            "--quiet"]
+            "--set", "maps.deviation_low=0.5", "--quiet"]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["data"] == "synthetic weave" and metrics["settings"]["n_train"] == 16
-    assert metrics["settings"]["deviation"] == "relative" and "map deviation relative" in (out / "metrics.md").read_text()
+    assert metrics["settings"]["deviation"] == "relative" and metrics["settings"]["deviation_low"] == 0.5
+    assert "map deviation relative (low side x 0.5)" in (out / "metrics.md").read_text()
     assert set(metrics["autoencoder"]["by_kind"]) <= {"dark_spot", "bright_spot", "scratch", "orientation",
                                                       "missing_detail", "extra_detail", "colour_shift",
                                                       "foreign_patch"}
@@ -139,7 +140,7 @@ def test_cli_evaluates_a_synthetic_family_and_records_its_settings(tmp_path, cap
 
     again = preset_from_record(out / "config.json")  # the run's settings, ready to run again
     assert again.data.n_train == 16 and again.data.n_test_defect == 4 and again.name == "tiny"
-    assert again.maps.deviation == "relative"
+    assert again.maps.deviation == "relative" and again.maps.deviation_low == 0.5
 
 
 def test_a_warm_preset_trains_its_start_once_and_every_ano_unet_fit_begins_there(mvtec_dir, tmp_path, monkeypatch):

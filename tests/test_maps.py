@@ -199,3 +199,27 @@ def test_deviation_keeps_holes_and_rejects_unknown_names():
         assert np.isnan(deviation(np.full((4, 4), np.nan, np.float32), "absolute")).all()
     with pytest.raises(AnoUnetError, match="unknown map deviation 'median'"):
         deviation(m, "median")
+    with pytest.raises(AnoUnetError, match="low-side weight must be >= 0"):
+        deviation(m, "absolute", low=-0.5)
+
+
+def test_the_low_side_weight_scales_only_what_lies_below_the_median():
+    """low=0.5: a smooth normal region (colder than the median) counts half, a defect's extra error in
+    full; low=1 is |m - c|, low=0 the high side alone. The banded writer's centre gives the same map."""
+    from anounet_jax.config import MapConfig
+    from anounet_jax.maps import deviation, describe_deviation, finish
+
+    m = np.full((2, 8, 8), 0.4, np.float32)
+    m[:, :2] = 0.1  # a cold band (mortar reproduced better than the texture)
+    m[:, 6, 6] = 1.0  # a defect
+    half = deviation(m, "absolute", low=0.5)
+    assert half[0, 6, 6] == pytest.approx(0.6) and half[0, 0, 0] == pytest.approx(0.15)
+    assert (half[:, 2:6] == 0).all()
+    np.testing.assert_array_equal(deviation(m, "absolute", low=1.0), np.abs(m - 0.4))
+    np.testing.assert_array_equal(deviation(m, "absolute", low=0.0), np.maximum(m - 0.4, 0))
+    np.testing.assert_allclose(deviation(m, "relative", low=0.5), half / 0.4, rtol=1e-6)
+    np.testing.assert_array_equal(deviation(m, "absolute", center=[0.4, 0.4], low=0.5), half)
+    cfg = MapConfig(smoothing_sigma=0.0, deviation="absolute", deviation_low=0.5)
+    np.testing.assert_array_equal(finish(m, cfg), half)
+    assert describe_deviation("absolute", 0.5) == "absolute (low side x 0.5)"
+    assert describe_deviation("relative", 1.0) == "relative" and describe_deviation("none", 0.5) == "none"

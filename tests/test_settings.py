@@ -96,6 +96,7 @@ def test_malformed_and_name_rejected():
     ("data.category=wood", ["data.category", "'grass'"]),
     ("engine.formulation=fast", ["engine.formulation", "'vmap_conv'", "'measure'"]),
     ("maps.deviation=median", ["maps.deviation", "'relative'", "'median'"]),
+    ("maps.deviation_low=-1", ["maps.deviation_low", ">= 0"]),
 ])
 def test_range_and_choice_checks(item, words):
     with pytest.raises(AnoUnetError) as e:
@@ -106,9 +107,10 @@ def test_range_and_choice_checks(item, words):
 
 def test_choice_fields_accept_their_values():
     p = apply_overrides(TINY, ["engine.formulation=loop", "fnet.method=doc", "unet.norm=none",
-                               "data.category=grass", "fit.momentum=0", "maps.deviation=absolute"])
+                               "data.category=grass", "fit.momentum=0", "maps.deviation=absolute",
+                               "maps.deviation_low=0.25"])
     assert (p.engine.formulation, p.fnet.method, p.unet.norm) == ("loop", "doc", "none")
-    assert p.maps.deviation == "absolute"
+    assert p.maps.deviation == "absolute" and p.maps.deviation_low == 0.25
     assert p.data.category == "grass" and p.fit.momentum == 0.0
 
 

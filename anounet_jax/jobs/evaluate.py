@@ -103,6 +103,7 @@ def _fmt(x) -> str:
 
 def markdown_table(metrics: dict) -> str:
     """The methods of a metrics dict (as `evaluate` returns) as a Markdown table with a legend."""
+    from anounet_jax.maps import describe_deviation
     s = metrics.get("settings", {})
     lines = []
     if s:
@@ -116,7 +117,8 @@ def markdown_table(metrics: dict) -> str:
         lines.append(f"data: {s['data']} ({s['n_train']} normal training {'tiles' if t else 'images'}; "
                      f"{s['n_test']} test images: {s['n_test_good']} good, {s['n_test_defect']} defective; "
                      f"{size}), preset {s['preset']}, smoothing sigma {s['smoothing_sigma']}, "
-                     f"map deviation {s.get('deviation', 'none')}, seed {s['seed']}")
+                     f"map deviation {describe_deviation(s.get('deviation', 'none'), s.get('deviation_low', 1.0))}, "
+                     f"seed {s['seed']}")
         lines.append("")
     lines += ["| method | image AUROC | image AUROC (map max) | pixel AUROC | AUPRO | seconds | images |",
               "|---|---|---|---|---|---|---|"]
@@ -304,6 +306,7 @@ def evaluate(data, preset="small", methods=None, out_dir="runs/evaluate", seed: 
         "tiling": tiling,
         "smoothing_sigma": sigma,
         "deviation": preset.maps.deviation,
+        "deviation_low": preset.maps.deviation_low,
         "seed": seed,
         "n_train": len(train),
         "n_reference": n_reference,

@@ -290,6 +290,7 @@ def _methods_of(metrics: dict) -> list[str]:
 
 
 def _settings_line(s: dict) -> str:
+    from anounet_jax.maps import describe_deviation
     if not s:
         return ""
     parts = [f"data {s.get('data')}"]
@@ -300,7 +301,8 @@ def _settings_line(s: dict) -> str:
         parts.append(f"{len(s['categories'])} categories")
     parts.append(f"preset {s.get('preset')}" + (f" ({s['image_size']}x{s['image_size']})"
                                                  if s.get("image_size") else ""))
-    parts.append(f"smoothing sigma {s.get('smoothing_sigma')}, map deviation {s.get('deviation', 'none')}, "
+    parts.append(f"smoothing sigma {s.get('smoothing_sigma')}, "
+                 f"map deviation {describe_deviation(s.get('deviation', 'none'), s.get('deviation_low', 1.0))}, "
                  f"seed {s.get('seed')}")
     return "<p>" + H.esc("; ".join(parts)) + "</p>"
 

@@ -451,10 +451,10 @@ class _MapWriter:
     (`_overlay`, `_thumbnail`, `atomic_write_npz`) with a few bands in memory; the pixels are
     converted to float one band at a time (`float_pixels`)."""
 
-    def __init__(self, out: Path, fid: str, pixels: np.ndarray, deviation: str = "none"):
+    def __init__(self, out: Path, fid: str, pixels: np.ndarray, deviation: str = "none", low: float = 1.0):
         import tempfile
 
-        self.out, self.fid, self.pixels, self.deviation = out, fid, pixels, deviation
+        self.out, self.fid, self.pixels, self.deviation, self.low = out, fid, pixels, deviation, low
         self.h, self.w = pixels.shape[:2]
         out.mkdir(parents=True, exist_ok=True)
         self._heat = tempfile.TemporaryFile(dir=out, prefix=".heat-")
@@ -532,15 +532,15 @@ class _MapWriter:
             return
         c = self._center
         for y, band in self._bands(self._heat, np.float32, (self.w,)):
-            yield y, deviation(band, self.deviation, center=c)
+            yield y, deviation(band, self.deviation, center=c, low=self.low)
 
     def _overlay_rows(self, size, thumb_parts):
         from anounet_jax.data.tiling import float_pixels
         from anounet_jax.maps import deviation, overlay
 
         lo, hi = self.lo, self.hi
-        if self.deviation != "none" and self.finite:  # |m - c| is largest at an end of m's range
-            ends = deviation(np.array([[lo, hi]], np.float32), self.deviation, center=self._center)
+        if self.deviation != "none" and self.finite:  # the deviation is largest at an end of m's range
+            ends = deviation(np.array([[lo, hi]], np.float32), self.deviation, center=self._center, low=self.low)
             lo, hi = 0.0, float(ends.max())
         vmax = hi if self.finite else 1.0
         vmin = min(0.0, lo) if self.finite else 0.0
@@ -648,7 +648,8 @@ def _fit_tiled(out: Path, model: ScoringModel, ids, natives, offsets, chunk, out
             bar.set_postfix_str(f"{tiles[0]} tiles", refresh=False)
 
     def writer(item):
-        return _MapWriter(out, ids[item.key[1]], item.payload, model.preset.maps.deviation)
+        return _MapWriter(out, ids[item.key[1]], item.payload, model.preset.maps.deviation,
+                          model.preset.maps.deviation_low)
 
     for m in model.fit_tiled(items(), on_tiles, bands=writer):
         j, pos = m.key
