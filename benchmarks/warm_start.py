@@ -11,6 +11,7 @@ on the normal images; "reptile": a first-order meta-learned start; their trainin
 then for every K in --steps the same test images fitted K steps from a random start ("cold") and from
 each warm start; pixel AUROC, AUPRO and image AUROC (the preset's map score) of the smoothed maps.
 --test-every N keeps every N-th test image (fewer images, same mixture of good and defect kinds).
+Maps get the preset's map step (`maps.finish`); --save-maps also keeps the raw maps (OUT/maps/*.npz).
 --set SECTION.FIELD=VALUE changes the preset (as `anounet ... --set`); --label names that variant in the
 results (its rows are keyed "DATA LABEL", so variants share one results file).
 Writes OUT/results.json (resumable per data set and start) and prints a Markdown table.
@@ -42,6 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--start-lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    ap.add_argument("--save-maps", action="store_true", help="also write each fit's raw maps to OUT/maps/*.npz")
     ap.add_argument("--label", default="", help="suffix of the results' data keys for this variant")
     ap.add_argument("--out", default="runs/warm_start")
     args = ap.parse_args(argv)
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
     from anounet_jax.engine.warm_start import train_reptile_start, train_start
     from anounet_jax.jobs.evaluate import _by_kind
     from anounet_jax.fnet.train import train_fnet
-    from anounet_jax.maps import map_score, smooth
+    from anounet_jax.maps import finish, map_score
     from anounet_jax.metrics import map_metrics
 
     from anounet_jax.settings import apply_overrides
@@ -99,7 +101,12 @@ def main(argv=None) -> int:
                 p = preset.replace(fit={"steps": k})
                 t0 = time.perf_counter()
                 res = Engine.for_trained(p, trained, **kw).fit(test.images, seed=args.seed)
-                maps = smooth(res.heatmap, p.maps.smoothing_sigma)
+                maps = finish(res.heatmap, p.maps)
+                if args.save_maps:  # the raw maps, to try other map steps offline
+                    slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{key}_{name}_K{k}")
+                    (out / "maps").mkdir(exist_ok=True)
+                    np.savez_compressed(out / "maps" / f"{slug}.npz", raw=np.asarray(res.heatmap), masks=test.masks,
+                                        labels=test.labels, ids=np.array(test.ids))
                 score = map_score(maps, p.maps.image_score)
                 m = map_metrics(maps, score, test.labels, test.masks)
                 rows[k] = {"pixel_auroc": m["pixel_auroc"], "aupro": m["aupro"],
