@@ -17,8 +17,8 @@ from scipy import ndimage
 
 from anounet_jax.errors import AnoUnetError
 
-__all__ = ["residual_map", "smooth", "smooth_map", "deviation", "describe_deviation", "finish", "overlay", "overlay_scale", "panel",
-           "save_panel", "write_panels"]
+__all__ = ["residual_map", "smooth", "smooth_map", "deviation", "describe_deviation", "finish", "overlay",
+           "overlay_scale", "panel", "save_panel", "write_panels"]
 
 
 # ----------------------------------------------------------------------------- heatmaps
