@@ -125,8 +125,8 @@ def deviation(maps, how: str = "none", center=None, low: float = 1.0) -> np.ndar
         for i in np.flatnonzero(finite.any(1)):
             center[i] = np.median(flat[i][finite[i]])
     c = np.asarray(center, np.float32).reshape((-1, 1, 1) if m.ndim == 3 else (1, 1))
-    d = m - c
-    out = np.abs(d) if low == 1.0 else np.maximum(d, 0) + np.float32(low) * np.maximum(-d, 0)
+    d = m - c  # one side is 0 at every pixel, so low = 1 gives |m - c| exactly
+    out = np.maximum(d, 0) + np.float32(low) * np.maximum(-d, 0)
     if how == "relative":
         out = out / np.maximum(c, np.float32(1e-12))
     return out.astype(np.float32)

@@ -33,7 +33,7 @@ def load(spec: str, key: str):
 def main(argv=None) -> int:
     from anounet_jax.config import MapConfig
     from anounet_jax.maps import describe_deviation, finish, map_score
-    from anounet_jax.metrics import map_metrics
+    from anounet_jax.metrics import image_auroc, map_metrics
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sets", nargs="+", metavar="NAME=FILE.npz")
@@ -44,17 +44,18 @@ def main(argv=None) -> int:
 
     sets = [load(s, args.key) for s in args.sets]
     names = [s[0] for s in sets]
+    # each set's image score before any deviation (the smoothed raw map's), the same for every variant
+    before = [map_score(finish(raw, MapConfig(smoothing_sigma=args.sigma)), args.score) for _, raw, _, _ in sets]
     print("pixel AUROC / AUPRO / image AUROC per set; means over the sets\n")
     print("| map step | " + " | ".join(names) + " | mean pixel + AUPRO | mean image AUROC (own score / raw map's) |")
     print("|---|" + "---|" * (len(names) + 2))
     for how, low in VARIANTS:
         cfg = MapConfig(smoothing_sigma=args.sigma, deviation=how, deviation_low=low)
         cells, sums, img, img_raw = [], [], [], []
-        for _, raw, masks, labels in sets:
+        for (_, raw, masks, labels), score_before in zip(sets, before):
             maps = finish(raw, cfg)
             m = map_metrics(maps, map_score(maps, args.score), labels, masks)
-            before = map_score(finish(raw, MapConfig(smoothing_sigma=args.sigma)), args.score)
-            img_raw.append(map_metrics(maps, before, labels, masks)["image_auroc"])
+            img_raw.append(image_auroc(score_before, labels))
             cells.append(f"{m['pixel_auroc']:.3f} / {m['aupro']:.3f} / {m['image_auroc']:.3f}")
             sums.append(m["pixel_auroc"] + m["aupro"])
             img.append(m["image_auroc"])
