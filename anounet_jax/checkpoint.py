@@ -5,12 +5,16 @@ On disk (an orbax composite checkpoint, one directory):
     <path>/arrays   StandardSave: {"fnet": {"params", "batch_stats"}, "center": C (D,),
                                    "scorer": the scorer's array entries (see fnet/scores.py),
                                    optional: "patch_memory", "warm_start" (U-Net parameters),
-                                   "tile_centers" (n_tiles, D), "flaw_head" ({"kernel", "bias"})}
+                                   "tile_centers" (n_tiles, D), "flaw_head" ({"kernel", "bias"}),
+                                   "normal_features" (N, D)}
     <path>/meta     JsonSave: {"format_version", "preset" (Preset.to_dict()), "scorer" (its numbers
                                 and strings), "fingerprint", optional: "feature_scale",
                                 "patch_memory", "warm_start" ({"method", "steps", "inner_steps"}),
                                 "tile_centers" ({"native_hw", "tile", "stride", "scale"}),
-                                "flaw_head" ({"layer"})}
+                                "flaw_head" ({"layer"}), "normal_features" ({"count"})}
+
+Normal features (fit.lc_center "nearest", fnet/nearest_centers.py): f of the normal training images,
+from which a score job picks each test image's own C.
 
 Per-position centers (tiles.center "position", issue 16, fnet/tile_centers.py): one C per tile position
 of the grid over images of one native size, stored with that grid so a score job can check that its
@@ -80,13 +84,14 @@ class Checkpoint:
     warm_start: object = None  # engine.warm_start.WarmStart, when train-fnet stored one (fit.start warm)
     tile_centers: object = None  # fnet.tile_centers.TileCenters (tiles.center "position"), or None
     flaw_head: object = None  # fnet.flaw_head.FlawHead (fnet.synthetic_flaws), or None
+    normal_features: np.ndarray | None = None  # f(normal training images) (fit.lc_center "nearest"), or None
 
     @property
     def trained(self):
         """The f-Net stage as a job uses it (`fnet.train.TrainedFNet`), restored instead of trained; it
         also carries the stored warm start (`.warm_start`, read by engine.warm_start.start_params_for)."""
-        return TrainedFNet(self.fnet, self.center, None, [], self.feature_scale, self.patch_memory,
-                           self.warm_start, self.flaw_head)
+        return TrainedFNet(self.fnet, self.center, self.normal_features, [], self.feature_scale,
+                           self.patch_memory, self.warm_start, self.flaw_head)
 
 
 def _ocp():
@@ -125,10 +130,11 @@ def _digest(arrays: dict, scorer_scalars: dict, extra: dict | None = None) -> st
     return h.hexdigest()
 
 
-EXTRAS = ("feature_scale", "patch_memory", "warm_start", "tile_centers", "flaw_head")  # optional meta entries, in the fingerprint
+EXTRAS = ("feature_scale", "patch_memory", "warm_start", "tile_centers", "flaw_head", "normal_features")  # optional meta entries, in the fingerprint
 
 
-def _extra(feature_scale, patch_memory, warm_start=None, tile_centers=None, flaw_head=None) -> dict:
+def _extra(feature_scale, patch_memory, warm_start=None, tile_centers=None, flaw_head=None,
+           normal_features=None) -> dict:
     out = {}
     if feature_scale is not None:
         out["feature_scale"] = float(feature_scale)
@@ -140,11 +146,13 @@ def _extra(feature_scale, patch_memory, warm_start=None, tile_centers=None, flaw
         out["tile_centers"] = tile_centers.describe()
     if flaw_head is not None:
         out["flaw_head"] = {"layer": flaw_head.layer}
+    if normal_features is not None:
+        out["normal_features"] = {"count": int(len(normal_features))}
     return out
 
 
 def _array_tree(fnet_variables, center, scorer, patch_memory=None, warm_start=None,
-                tile_centers=None, flaw_head=None) -> tuple[dict, dict]:
+                tile_centers=None, flaw_head=None, normal_features=None) -> tuple[dict, dict]:
     if isinstance(fnet_variables, FrozenFNet):
         fnet_variables = fnet_variables.variables
     scorer_arrays, scorer_scalars = _split_scorer_state(scorer.state_dict())
@@ -159,24 +167,28 @@ def _array_tree(fnet_variables, center, scorer, patch_memory=None, warm_start=No
         arrays["tile_centers"] = np.asarray(tile_centers.centers, np.float32)
     if flaw_head is not None:
         arrays["flaw_head"] = _to_numpy_tree(flaw_head.params)
+    if normal_features is not None:
+        arrays["normal_features"] = np.asarray(normal_features, np.float32)
     return arrays, scorer_scalars
 
 
 def fingerprint(fnet_variables, center, scorer, feature_scale: float | None = None, patch_memory=None,
-                warm_start=None, tile_centers=None, flaw_head=None) -> str:
+                warm_start=None, tile_centers=None, flaw_head=None, normal_features=None) -> str:
     """The content fingerprint `save_checkpoint` would store for these values (hex SHA-256)."""
-    return _digest(*_array_tree(fnet_variables, center, scorer, patch_memory, warm_start, tile_centers, flaw_head),
-                   _extra(feature_scale, patch_memory, warm_start, tile_centers, flaw_head))
+    return _digest(*_array_tree(fnet_variables, center, scorer, patch_memory, warm_start, tile_centers, flaw_head,
+                                normal_features),
+                   _extra(feature_scale, patch_memory, warm_start, tile_centers, flaw_head, normal_features))
 
 
 def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwrite: bool = False,
                     feature_scale: float | None = None, patch_memory=None, warm_start=None,
-                    tile_centers=None, flaw_head=None) -> str:
+                    tile_centers=None, flaw_head=None, normal_features=None) -> str:
     """Save f-Net variables (or a FrozenFNet), C, a fitted scorer, the feature scale (the mean L_C of
     the normal training images, `TrainedFNet.feature_scale`), the memory of normal patch features
     (`TrainedFNet.patch_memory`, if any), a warm start for the fits (`engine.warm_start.WarmStart`, if
     any; its U-Net must be the preset's), the per-position centers (`fnet.tile_centers.TileCenters`, if
-    any), the f-Net's flaw head (`TrainedFNet.flaw_head`, if any) and the preset as one checkpoint.
+    any), the f-Net's flaw head (`TrainedFNet.flaw_head`, if any), the normal training images' features
+(`TrainedFNet.train_features`, for fit.lc_center "nearest"; if given) and the preset as one checkpoint.
 
     Returns the content fingerprint. An existing `path` is an error unless overwrite=True (then it is
     replaced only once the new checkpoint is complete; see the module docstring).
@@ -186,7 +198,10 @@ def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwr
         raise AnoUnetError("a checkpoint (or file) already exists here; pass overwrite=True to replace it",
                            path)
     arrays, scorer_scalars = _array_tree(fnet_variables, center, scorer, patch_memory, warm_start, tile_centers,
-                                         flaw_head)
+                                         flaw_head, normal_features)
+    if normal_features is not None and arrays["normal_features"].shape[1:] != arrays["center"].shape:
+        raise AnoUnetError(f"normal features {arrays['normal_features'].shape} do not match C "
+                           f"{arrays['center'].shape}", path)
     if tile_centers is not None and arrays["tile_centers"].shape[1:] != arrays["center"].shape:
         raise AnoUnetError(f"per-position centers {arrays['tile_centers'].shape} do not match C "
                            f"{arrays['center'].shape}", path)
@@ -195,7 +210,7 @@ def save_checkpoint(path, preset: Preset, fnet_variables, center, scorer, overwr
         from anounet_jax.engine.warm_start import check_start_shape
 
         check_start_shape(preset.unet, preset.image_size, arrays["warm_start"])
-    extra = _extra(feature_scale, patch_memory, warm_start, tile_centers, flaw_head)
+    extra = _extra(feature_scale, patch_memory, warm_start, tile_centers, flaw_head, normal_features)
     digest = _digest(arrays, scorer_scalars, extra)
     meta = {"format_version": FORMAT_VERSION, "preset": preset.to_dict(), "scorer": scorer_scalars,
             "fingerprint": digest, **extra}
@@ -323,7 +338,10 @@ def load_checkpoint(path, expected_preset: Preset | None = None) -> Checkpoint:
         from anounet_jax.fnet.flaw_head import FlawHead
 
         flaw_head = FlawHead(arrays["flaw_head"], preset.fnet, extra["flaw_head"]["layer"])
+    normal = None
+    if "normal_features" in arrays and "normal_features" in extra:
+        normal = np.asarray(arrays["normal_features"], np.float32)
     return Checkpoint(preset=preset, fnet=fnet, center=np.asarray(arrays["center"], np.float32),
                       scorer=scorer, fingerprint=digest, path=str(path),
                       feature_scale=extra.get("feature_scale"), patch_memory=memory, warm_start=warm,
-                      tile_centers=tile_centers, flaw_head=flaw_head)
+                      tile_centers=tile_centers, flaw_head=flaw_head, normal_features=normal)

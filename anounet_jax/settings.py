@@ -43,6 +43,8 @@ RULES: dict[str, tuple] = {
     "fit.steps": POSITIVE, "fit.beta": NON_NEGATIVE, "fit.optimizer": ("sgd", "adam"),
     "fit.lr": POSITIVE, "fit.momentum": NON_NEGATIVE, "fit.lc_scale": ("raw", "normal"),
     "fit.spatial_beta": NON_NEGATIVE, "fit.flaw_beta": NON_NEGATIVE, "fit.start": ("cold", "warm"),
+    "fit.lc_where": ("everywhere", "start"), "fit.lc_center": ("global", "nearest"),
+    "fit.lc_center_k": POSITIVE,
     "data.category": ("brick", "grass", "gravel"), "data.n_train": POSITIVE, "data.n_reference_per_class": POSITIVE,
     "data.n_test_good": NON_NEGATIVE, "data.n_test_defect": POSITIVE,
     "maps.smoothing_sigma": NON_NEGATIVE, "maps.image_score": ("max", "top1"), "maps.deviation": ("none", "absolute", "relative"),
@@ -122,6 +124,8 @@ def apply_overrides(preset: Preset, overrides: typing.Iterable[str]) -> Preset:
         _check(key, value)
         changes.setdefault(section, {})[field] = value
     out = preset.replace(**changes)
+    if out.fit.lc_where == "start" and out.fit.start != "warm":
+        raise AnoUnetError("setting fit.lc_where=start puts L_C in the warm start only: it needs fit.start=warm")
     if out.fit.flaw_beta > 0 and not (out.fnet.synthetic_flaws and out.fnet.epochs > 0):
         # said before any training: the flaw term reads a head only a trained f-Net with flaws has
         raise AnoUnetError("setting fit.flaw_beta > 0 needs the f-Net's flaw head: add fnet.synthetic_flaws=true "

@@ -167,3 +167,29 @@ def test_feature_scale_and_patch_memory_round_trip_and_drive_the_same_engine(tmp
     save_checkpoint(tmp_path / "old", TINY, fnet, center, scorers["l2"])
     with pytest.raises(AnoUnetError, match="feature scale"):
         Engine.for_trained(preset.replace(fit={"spatial_beta": 0.0}), load_checkpoint(tmp_path / "old").trained)
+
+
+def test_normal_features_round_trip_and_drive_the_same_nearest_center_fits(tmp_path, parts):
+    """fit.lc_center "nearest": the checkpoint keeps f(normal training images) (fingerprinted), so a
+    score job picks the same C per image as the job that trained the f-Net."""
+    from anounet_jax.engine.fit import Engine
+    from anounet_jax.fnet.train import TrainedFNet
+
+    fnet, images, feats, center, scorers = parts
+    preset = TINY.replace(fit={"lc_center": "nearest", "lc_center_k": 4, "steps": 2})
+    path = tmp_path / "ckpt"
+    digest = save_checkpoint(path, preset, fnet, center, scorers["l2"], normal_features=feats[:16])
+    assert digest == fingerprint(fnet, center, scorers["l2"], normal_features=feats[:16])
+    assert digest != fingerprint(fnet, center, scorers["l2"])
+    ck = load_checkpoint(path)
+    np.testing.assert_array_equal(ck.normal_features, feats[:16])
+    a = Engine.for_trained(preset, ck.trained, formulation="loop").fit(images[16:18], seed=1)
+    b = Engine.for_trained(preset, TrainedFNet(fnet, center, feats[:16], []), formulation="loop").fit(
+        images[16:18], seed=1)
+    np.testing.assert_array_equal(a.heatmap, b.heatmap)
+    with pytest.raises(AnoUnetError, match="normal features"):
+        save_checkpoint(tmp_path / "bad", preset, fnet, center, scorers["l2"], normal_features=feats[:16, :3])
+    # a checkpoint without them cannot drive nearest-center fits: a clear error naming the fix
+    save_checkpoint(tmp_path / "old", TINY, fnet, center, scorers["l2"])
+    with pytest.raises(AnoUnetError, match="fit.lc_center=nearest"):
+        Engine.for_trained(preset, load_checkpoint(tmp_path / "old").trained)

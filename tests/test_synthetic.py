@@ -8,8 +8,8 @@ import pytest
 
 from anounet_jax.data.defects import DEFECT_KINDS
 from anounet_jax.data.mvtec import load_mvtec
-from anounet_jax.data.synthetic import (FAMILIES, HELD_OUT, TUNING, applicable_kinds, load_synthetic,
-                                        parse_synthetic, write_mvtec)
+from anounet_jax.data.synthetic import (FAMILIES, HELD_OUT, TUNING, applicable_kinds, defect_free_test_images,
+                                        load_synthetic, parse_synthetic, write_mvtec)
 from anounet_jax.errors import AnoUnetError
 
 NAMES = list(FAMILIES)
@@ -111,6 +111,18 @@ def test_load_synthetic_layout():
     assert not test.masks[:2].any() and all(m.any() for m in test.masks[2:])
     for a in train.images:  # train and test are different samples
         assert all(np.abs(a - b).max() > 0.05 for b in test.images)
+
+
+@pytest.mark.parametrize("name", ["weave", "leather"])
+def test_defect_free_test_images_differ_only_inside_the_masks(name):
+    kw = dict(size=(40, 48), n_test_good=2, n_test_defect=9, seed=5)
+    test = load_synthetic(name, n_train=0, **kw)["test"]
+    clean = defect_free_test_images(name, **kw)
+    assert clean.shape == test.images.shape and clean.dtype == np.float32
+    assert np.array_equal(clean[:2], test.images[:2])  # good images as they are
+    for x, c, m in zip(test.images[2:], clean[2:], test.masks[2:]):
+        assert np.array_equal(x[~m], c[~m])  # outside the mask: the very image the defect was planted in
+        assert np.abs(x[m] - c[m]).max() > 0.5 / 255  # inside: the defect is gone
 
 
 def test_kinds_and_applicability():

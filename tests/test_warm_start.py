@@ -134,3 +134,37 @@ def test_at_beta_0_the_starts_never_run_the_f_net(tiny_data, tiny_trained):
         good, got = train(beta0, tiny_trained), train(beta0, poisoned)
         for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(got)):
             np.testing.assert_array_equal(a, b)
+
+
+def test_l_c_in_the_warm_start_only(tiny_data, tiny_trained):
+    """fit.lc_where "start": the start is trained with L_C (the same start as "everywhere"), each image's
+    fit is the plain reconstruction from it: the same fits as beta 0 from that start, bit for bit, and
+    not those of L_C everywhere; without a warm start the setting is refused."""
+    from anounet_jax.engine.warm_start import with_warm_start
+    from anounet_jax.errors import AnoUnetError
+    from anounet_jax.settings import apply_overrides
+
+    normal, test = tiny_data["train"].images[:16], tiny_data["test"].images[:4]
+    everywhere = TINY.replace(fit={"start": "warm", "steps": 3, "beta": 50.0},
+                              start={"steps": 2, "inner_steps": 2, "batch_size": 4})
+    only_start = everywhere.replace(fit={"lc_where": "start"})
+    assert (everywhere.fit.fit_beta, only_start.fit.fit_beta) == (50.0, 0.0)
+    a = with_warm_start(everywhere, tiny_trained, normal)
+    b = with_warm_start(only_start, tiny_trained, normal)
+    c = with_warm_start(everywhere.replace(fit={"beta": 0.0}), tiny_trained, normal)
+    same = [np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.warm_start.params), jax.tree.leaves(b.warm_start.params))]
+    assert all(same)  # the start carries L_C either way
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.warm_start.params),
+                                                         jax.tree.leaves(c.warm_start.params)))
+    fit_start = Engine.for_trained(only_start, b, formulation="loop").fit(test, seed=1)
+    fit_b0 = Engine.for_trained(everywhere.replace(fit={"beta": 0.0}), a, formulation="loop").fit(test, seed=1)
+    fit_all = Engine.for_trained(everywhere, a, formulation="loop").fit(test, seed=1)
+    np.testing.assert_array_equal(fit_start.recon, fit_b0.recon)
+    assert np.abs(fit_start.recon - fit_all.recon).max() > 1e-4
+    assert apply_overrides(everywhere, ["fit.lc_where=start"]).fit.lc_where == "start"
+    with pytest.raises(AnoUnetError, match="fit.lc_where=start .* needs fit.start=warm"):
+        apply_overrides(TINY, ["fit.lc_where=start"])
+    with pytest.raises(AnoUnetError, match="fit.lc_where"):
+        apply_overrides(everywhere, ["fit.lc_where=fits"])
+    with pytest.raises(AnoUnetError, match="needs fit.start 'warm'"):
+        Engine.from_preset(TINY.replace(fit={"lc_where": "start"}), tiny_trained.fnet, tiny_trained.center)

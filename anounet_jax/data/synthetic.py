@@ -30,7 +30,7 @@ from anounet_jax.data.types import ImageSet
 from anounet_jax.errors import AnoUnetError
 
 __all__ = ["FAMILIES", "DEFECT_KINDS", "TUNING", "HELD_OUT", "load_synthetic", "parse_synthetic",
-           "write_mvtec", "applicable_kinds"]
+           "write_mvtec", "applicable_kinds", "defect_free_test_images"]
 
 TUNING: tuple[str, ...] = ("tiles", "clouds", "grain", "bricks", "leather")
 HELD_OUT: tuple[str, ...] = ("weave", "grid", "speckle", "fibres", "cells")
@@ -107,6 +107,20 @@ def load_synthetic(family: str, size=64, n_train: int = 200, n_test_good: int = 
     train_set = ImageSet(train, labels=np.zeros(n_train, np.int64),
                          ids=[f"train/good/{i:04d}" for i in range(n_train)])
     return {"train": train_set, "test": test}
+
+
+def defect_free_test_images(family: str, size=64, n_test_good: int = 10, n_test_defect: int = 40,
+                            seed: int = 0) -> np.ndarray:
+    """The test images of `load_synthetic` (same arguments) as they were before their defect was planted:
+    each defective image's texture is drawn from its own stream first, so drawing it again without the
+    defect gives the image it was made from (good images are returned as they are). An oracle for
+    ablations ("what if the method knew the normal version of this image?"), never an input of a method."""
+    fi = _check_family(family)
+    h, w = normalize_size(size)
+    gen = FAMILIES[family]
+    good = [gen(_rng(seed, fi, _GOOD, i), h, w) for i in range(n_test_good)]
+    bad = [gen(_rng(seed, fi, _DEFECT, j), h, w) for j in range(n_test_defect)]
+    return np.stack(good + bad) if good or bad else np.zeros((0, h, w, 3), np.float32)
 
 
 def parse_synthetic(spec: str):

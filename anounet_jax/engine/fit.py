@@ -104,7 +104,7 @@ class Engine:
     def __init__(self, unet_cfg, fit_cfg, fnet: FrozenFNet, center, *, formulation: str = "auto",
                  chunk_size: int | None = None, default_chunk: int = 8, steps_per_call: int = 1,
                  devices=None, compute_dtype=jnp.float32, feature_scale: float = 1.0, patch_memory=None,
-                 start_params=None, flaw_head=None):
+                 start_params=None, flaw_head=None, normal_features=None):
         self.unet_cfg, self.fit_cfg = unet_cfg, fit_cfg
         self.fnet = fnet
         self.center = np.asarray(center, np.float32)
@@ -116,7 +116,24 @@ class Engine:
         self.feature_scale = float(feature_scale)
         # L_C's weight (and the spatial term's), run-time arguments of the compiled step (engine/steps.py);
         # C goes per image with the images (`row_centers`)
-        self.target = {"weight": jnp.float32(fit_cfg.beta / self.feature_scale)}
+        if getattr(fit_cfg, "lc_where", "everywhere") not in ("everywhere", "start"):
+            raise AnoUnetError(f"unknown fit.lc_where {fit_cfg.lc_where!r}; use 'everywhere' or 'start'")
+        self.fit_beta = getattr(fit_cfg, "fit_beta", fit_cfg.beta)  # 0 when L_C is in the warm start only
+        self.target = {"weight": jnp.float32(self.fit_beta / self.feature_scale)}
+        # fit.lc_center "nearest": each image's C from the normal training features (fnet/nearest_centers.py)
+        self.lc_center = getattr(fit_cfg, "lc_center", "global")
+        if self.lc_center not in ("global", "nearest"):
+            raise AnoUnetError(f"unknown fit.lc_center {self.lc_center!r}; use 'global' or 'nearest'")
+        self.normal_features = None
+        if self.lc_center == "nearest" and self.fit_beta != 0:
+            if normal_features is None:
+                raise AnoUnetError("fit.lc_center 'nearest' needs the f-Net features of the normal training "
+                                   "images: train the f-Net with fit.lc_center=nearest (anounet train-fnet "
+                                   "stores them), or score with --set fit.lc_center=global")
+            self.normal_features = np.asarray(normal_features, np.float32)
+            if self.normal_features.ndim != 2 or self.normal_features.shape[1] != len(self.center):
+                raise AnoUnetError(f"normal features {self.normal_features.shape} do not match C "
+                                   f"{self.center.shape}")
         self.patch_memory = patch_memory
         self.start_params = start_params  # a warm start for every fit (engine/warm_start.py); None: cold
         if getattr(fit_cfg, "spatial_beta", 0.0) > 0:
@@ -151,11 +168,13 @@ class Engine:
 
     @classmethod
     def from_preset(cls, preset, fnet: FrozenFNet, center, feature_scale: float | None = None,
-                    patch_memory=None, flaw_head=None, **kw) -> "Engine":
+                    patch_memory=None, flaw_head=None, normal_features=None, **kw) -> "Engine":
         """The engine a preset describes (its unet, fit and engine sections); kw overrides.
         feature_scale: `TrainedFNet.feature_scale`, required when preset.fit.lc_scale is "normal".
         A preset with fit.start "warm" needs its start: `for_trained` (the f-Net stage carries it) or
         start_params=... (None: a random start per image, on purpose)."""
+        if getattr(preset.fit, "lc_where", "everywhere") == "start" and getattr(preset.fit, "start", "cold") != "warm":
+            raise AnoUnetError("fit.lc_where 'start' puts L_C in the warm start only: it needs fit.start 'warm'")
         if getattr(preset.fit, "start", "cold") == "warm" and "start_params" not in kw:
             raise AnoUnetError("fit.start 'warm' needs the warm start: use Engine.for_trained(preset, trained) "
                                "with the f-Net stage (engine.warm_start.with_warm_start), pass start_params=..., "
@@ -172,6 +191,8 @@ class Engine:
             kw.setdefault("patch_memory", patch_memory)
         if preset.fit.flaw_beta > 0:
             kw.setdefault("flaw_head", flaw_head)
+        if getattr(preset.fit, "lc_center", "global") == "nearest":
+            kw.setdefault("normal_features", normal_features)
         kw.setdefault("default_chunk", preset.engine.chunk_size)
         return cls(preset.unet, preset.fit, fnet, center, **kw)
 
@@ -184,7 +205,8 @@ class Engine:
         if "start_params" not in kw:
             kw["start_params"] = start_params_for(preset, trained)
         return cls.from_preset(preset, trained.fnet, trained.center, trained.feature_scale,
-                               trained.patch_memory, getattr(trained, "flaw_head", None), **kw)
+                               trained.patch_memory, getattr(trained, "flaw_head", None),
+                               getattr(trained, "train_features", None), **kw)
 
     def _set_formulation(self, formulation: str) -> None:
         self.formulation = formulation
@@ -195,7 +217,7 @@ class Engine:
                              fnet_apply=self.fnet.apply,
                              local_apply=self.patch_memory.local_apply if "spatial_weight" in self.target else None,
                              flaw_apply=self.flaw_head.apply if "flaw_weight" in self.target else None,
-                             global_term=f.beta != 0,
+                             global_term=self.fit_beta != 0,
                              optimizer=f.optimizer,
                              lr=float(f.lr), momentum=float(f.momentum),
                              per_image="vmap" if formulation.startswith("vmap") else "unroll",
@@ -232,6 +254,16 @@ class Engine:
                 size = memory.chunk_for_memory(mem, free, self.chunk_size, n_dev)
             self._chunks[shape] = size
         return self._chunks[shape]
+
+    def fit_centers(self, images: np.ndarray, centers=None) -> np.ndarray:
+        """float32 (n, D): the C each image's fit pulls toward: `centers` when given (a tile position's,
+        tiles.center "position": they replace fit.lc_center), else per image its nearest-normal center
+        (fit.lc_center "nearest"), else C."""
+        if self.normal_features is None or centers is not None:
+            return self.row_centers(len(images), centers)
+        from anounet_jax.fnet.nearest_centers import nearest_centers
+
+        return nearest_centers(self.fnet.features(images), self.normal_features, self.fit_cfg.lc_center_k)
 
     def row_centers(self, n: int, centers=None) -> np.ndarray:
         """float32 (n, D): each image's C, the engine's one C on every row unless `centers` gives them."""
@@ -271,7 +303,7 @@ class Engine:
         if n > chunk:
             raise AnoUnetError(f"chunk of {n} images exceeds the chunk size {chunk}")
         keys = image_keys(seed, indices)
-        centers = self.row_centers(n, centers)
+        centers = self.fit_centers(images, centers)
         group = self.group_size(chunk)
         # fixed shapes (padded groups): one compilation for every chunk
         outs = [self._fit_group(pad_rows(images[g:g + group], group), pad_keys(keys[g:g + group], group),

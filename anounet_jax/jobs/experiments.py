@@ -199,7 +199,7 @@ def run_experiment(preset: Preset, train: ImageSet, reference: ImageSet | None, 
     ok = ~result.diverged
     maps = finish(result.heatmap, preset.maps)
     heat_scores = maps.reshape(len(maps), -1).max(1)
-    fit_loss = result.loss_r + fit.beta * result.loss_c / engine.feature_scale
+    fit_loss = result.loss_r + engine.fit_beta * result.loss_c / engine.feature_scale
     n_div = int(result.diverged.sum())
     if n_div:
         log(f"warning: {n_div} fits diverged; they are left out of the map-based metrics")

@@ -106,7 +106,8 @@ def train_fnet_checkpoint(data, out, *, preset="small", method: str | None = Non
     digest = save_checkpoint(out, p, trained.fnet, trained.center, sc, overwrite=overwrite,
                              feature_scale=trained.feature_scale, patch_memory=trained.patch_memory,
                              warm_start=trained.warm_start, tile_centers=tile_centers,
-                             flaw_head=trained.flaw_head)
+                             flaw_head=trained.flaw_head,
+                             normal_features=trained.train_features if p.fit.lc_center == "nearest" else None)
     return {"fingerprint": digest, "threshold": sc.threshold, "normal": len(normal),
             "tiles": None if spec is None else len(fit_inputs), "reference": n_reference, "path": str(out),
             "warm_start_seconds": seconds}
