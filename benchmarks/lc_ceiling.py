@@ -45,6 +45,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/lc_ceiling")
     args = ap.parse_args(argv)
 
+    from anounet_jax.engine.devices import enable_compilation_cache, split_cpu_into_devices
+
+    split_cpu_into_devices()  # as the jobs run (one device per core): the same arithmetic as `anounet evaluate`
+    enable_compilation_cache()
+
     from anounet_jax.config import get_preset
     from anounet_jax.data.embedded import load_reference
     from anounet_jax.data.sources import load_labelled
