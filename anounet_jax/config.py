@@ -222,7 +222,7 @@ SMALL = Preset(
     # maps at a sixth of the steps (benchmarks/results/warm_start_small.md, issue 17)
     # L_C against each image's nearest-normal center (the mean feature of the 32 normal training images
     # nearest to f(x)) instead of one global C: chosen on the tuning families, +0.018 pixel AUROC + AUPRO
-    # and the same image AUROC; the global C cost the fits 0.005 against no L_C in them at all
+    # and the same image AUROC; the global C cost the fits 0.022 against no L_C in them at all
     # (benchmarks/results/lc_center_small.md)
     fit=FitConfig(steps=10, beta=0.015, optimizer="adam", lr=1e-2, lc_scale="normal", start="warm",
                   lc_center="nearest", lc_center_k=32),

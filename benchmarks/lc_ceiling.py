@@ -102,7 +102,9 @@ def main(argv=None) -> int:
             variants += [(f"oracle{m:g}", beta * m, f_clean) for m in mults]
             rows = {"start_seconds": round(start_s, 1)}
             for name, b, c in variants:
-                p = preset.replace(fit={"beta": b})
+                # lc_center "global": a variant's C is the one given here (None: the global C), whatever
+                # the preset's own fit.lc_center
+                p = preset.replace(fit={"beta": b, "lc_center": "global"})
                 engine = Engine.for_trained(p, trained)
                 chunk = (np.arange(len(test)), test.images) + (() if c is None else (c,))
                 res = FitResult.concatenate([r for _, r in engine.iter_fit([chunk], seed=args.seed)])
